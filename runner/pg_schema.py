@@ -1,0 +1,172 @@
+"""Postgres schema: PostHog's `posthog_person` (local only) and recon's own tables.
+
+`runner db migrate` creates and upgrades recon's tables idempotently: PostHog's backup table
+(`posthog_person_reconciliation_backup`, spec §2.6), the run ledger and the outbox. It never alters
+`posthog_person`; `runner db init-local` creates that table for local use only.
+"""
+
+from __future__ import annotations
+
+import click
+import psycopg
+
+from runner import settings
+
+POSTHOG_PERSON_DDL = """
+CREATE TABLE IF NOT EXISTS posthog_person (
+    id bigserial PRIMARY KEY,
+    created_at timestamptz NOT NULL,
+    properties_last_updated_at jsonb DEFAULT '{}'::jsonb,
+    properties_last_operation jsonb,
+    properties jsonb NOT NULL DEFAULT '{}'::jsonb,
+    is_identified boolean NOT NULL DEFAULT false,
+    uuid uuid NOT NULL,
+    team_id integer NOT NULL,
+    is_user_id integer,
+    version bigint,
+    last_seen_at timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS posthog_person_team_uuid ON posthog_person (team_id, uuid);
+CREATE INDEX IF NOT EXISTS posthog_person_uuid ON posthog_person (uuid);
+"""
+
+# Ordered migrations of recon's own tables. Append only; never edit an applied one.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "backup table (PostHog schema)",
+        """
+CREATE TABLE IF NOT EXISTS posthog_person_reconciliation_backup (
+    job_id text NOT NULL,
+    team_id integer NOT NULL,
+    person_id bigint NOT NULL,
+    uuid uuid NOT NULL,
+    properties jsonb NOT NULL,
+    properties_last_updated_at jsonb,
+    properties_last_operation jsonb,
+    version bigint,
+    is_identified boolean NOT NULL,
+    created_at timestamptz NOT NULL,
+    is_user_id integer,
+    pending_operations jsonb NOT NULL,
+    properties_after jsonb,
+    properties_last_updated_at_after jsonb,
+    properties_last_operation_after jsonb,
+    version_after bigint,
+    backed_up_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, team_id, person_id)
+);
+CREATE INDEX IF NOT EXISTS posthog_person_reconciliation_backup_team_person
+    ON posthog_person_reconciliation_backup (team_id, person_id);
+""",
+    ),
+    (
+        2,
+        "run ledger",
+        """
+CREATE TABLE IF NOT EXISTS recon_run (
+    job_id text PRIMARY KEY,
+    kind text NOT NULL,
+    config jsonb NOT NULL DEFAULT '{}'::jsonb,
+    dry_run boolean NOT NULL DEFAULT false,
+    status text NOT NULL DEFAULT 'running',
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS recon_run_team (
+    job_id text NOT NULL REFERENCES recon_run (job_id),
+    team_id bigint NOT NULL,
+    status text NOT NULL,
+    error text,
+    processed bigint NOT NULL DEFAULT 0,
+    updated bigint NOT NULL DEFAULT 0,
+    skipped bigint NOT NULL DEFAULT 0,
+    outcomes jsonb NOT NULL DEFAULT '{}'::jsonb,
+    commits integer NOT NULL DEFAULT 0,
+    chunk_id text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    duration_seconds double precision,
+    PRIMARY KEY (job_id, team_id)
+);
+CREATE INDEX IF NOT EXISTS recon_run_team_finished ON recon_run_team (finished_at);
+""",
+    ),
+    (
+        3,
+        "outbox of person messages",
+        """
+CREATE TABLE IF NOT EXISTS recon_outbox (
+    id bigserial PRIMARY KEY,
+    job_id text NOT NULL,
+    team_id bigint NOT NULL,
+    person_uuid uuid NOT NULL,
+    version bigint NOT NULL,
+    payload text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS recon_outbox_unpublished ON recon_outbox (id) WHERE published_at IS NULL;
+""",
+    ),
+]
+
+_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS recon_schema_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(url or settings.persons_db_url(), **kwargs)
+
+
+def migrate(url: str | None = None) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call (empty when up to date)."""
+    applied: list[int] = []
+    with connect(url) as conn:
+        # One migrator at a time; a concurrent `migrate` waits here, then finds nothing to do.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('recon_schema_migrations'))")
+        conn.execute(_LEDGER_DDL)
+        done = {row[0] for row in conn.execute("SELECT version FROM recon_schema_migrations")}
+        for version, description, ddl in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute(ddl)
+            conn.execute(
+                "INSERT INTO recon_schema_migrations (version, description) VALUES (%s, %s)",
+                (version, description),
+            )
+            applied.append(version)
+    return applied
+
+
+def init_local(url: str | None = None) -> None:
+    """Create PostHog's `posthog_person` table (local use only; production already has it)."""
+    with connect(url) as conn:
+        conn.execute(POSTHOG_PERSON_DDL)
+
+
+@click.group("db")
+def db() -> None:
+    """Postgres (persons database): recon's tables and, locally, PostHog's person table."""
+
+
+@db.command("migrate")
+def migrate_cmd() -> None:
+    """Create or upgrade recon's tables (backup, run ledger, outbox). Idempotent."""
+    applied = migrate()
+    if applied:
+        click.echo(f"applied migrations: {', '.join(map(str, applied))}")
+    else:
+        click.echo("schema up to date")
+
+
+@db.command("init-local")
+def init_local_cmd() -> None:
+    """Create PostHog's posthog_person table. For local stacks only: recon never alters production's."""
+    init_local()
+    click.echo("posthog_person ready")
