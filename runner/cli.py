@@ -39,7 +39,9 @@ class RunnerGroup(click.Group):
             sys.exit(2)
 
 
-@click.group(cls=RunnerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=RunnerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="runner")
 @click.option(
     "--log-level",

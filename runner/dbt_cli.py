@@ -24,7 +24,9 @@ class DbtFailed(Exception):
         self.detail = detail
 
 
-def dbt_args(command: str, dbt_vars: dict[str, Any] | None = None, extra: list[str] | None = None) -> list[str]:
+def dbt_args(
+    command: str, dbt_vars: dict[str, Any] | None = None, extra: list[str] | None = None
+) -> list[str]:
     project = settings.project_dir()
     args = [command, "--project-dir", str(project), "--profiles-dir", str(project / "profiles")]
     if dbt_vars:

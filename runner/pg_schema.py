@@ -109,6 +109,44 @@ CREATE TABLE IF NOT EXISTS recon_outbox (
 CREATE INDEX IF NOT EXISTS recon_outbox_unpublished ON recon_outbox (id) WHERE published_at IS NULL;
 """,
     ),
+    (
+        4,
+        "outbox lookup by job and person (re-runs skip persons their job already applied)",
+        """
+CREATE INDEX IF NOT EXISTS recon_outbox_job_person ON recon_outbox (job_id, team_id, person_uuid);
+""",
+    ),
+    (
+        5,
+        "schedule progress (runner schedule): one row per schedule, one per finished chunk",
+        """
+CREATE TABLE IF NOT EXISTS recon_schedule (
+    schedule_id text PRIMARY KEY,
+    config jsonb NOT NULL,
+    chunks integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS recon_schedule_chunk (
+    job_id text PRIMARY KEY,
+    schedule_id text NOT NULL REFERENCES recon_schedule (schedule_id),
+    chunk text NOT NULL,
+    team_ids bigint[],
+    min_team_id bigint,
+    max_team_id bigint,
+    status text NOT NULL,
+    error text,
+    teams_succeeded integer NOT NULL DEFAULT 0,
+    teams_failed integer NOT NULL DEFAULT 0,
+    persons_processed bigint NOT NULL DEFAULT 0,
+    persons_updated bigint NOT NULL DEFAULT 0,
+    persons_skipped bigint NOT NULL DEFAULT 0,
+    duration_seconds double precision,
+    finished_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS recon_schedule_chunk_schedule ON recon_schedule_chunk (schedule_id);
+""",
+    ),
 ]
 
 _LEDGER_DDL = """

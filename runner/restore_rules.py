@@ -57,12 +57,10 @@ def restore_change(
     if strategy == "full_overwrite":
         if current.properties == before.properties:
             return None
-        restored = tuple(k for k in before.properties if current.properties.get(k) != before.properties[k])
-        removed = tuple(k for k in current.properties if k not in before.properties)
         return RestoreChange(
             PersonState(dict(before.properties), dict(before.last_updated_at), dict(before.last_operation)),
-            restored,
-            removed,
+            tuple(k for k in before.properties if current.properties.get(k) != before.properties[k]),
+            tuple(k for k in current.properties if k not in before.properties),
         )
 
     after_props = after.properties if after is not None else {}
@@ -97,3 +95,42 @@ def restore_change(
     if not restored and not removed:
         return None
     return RestoreChange(PersonState(props, updated_at, operation), tuple(restored), tuple(removed))
+
+
+def restore_operations(change: RestoreChange, timestamp: str) -> list[dict[str, Any]]:
+    """`pending_operations` of the restore's own backup row (§2.6 shape): a restored key is a `set` of
+    its before-value, a removed key an `unset`; `timestamp` is when the restore ran."""
+    ops = [
+        {"key": key, "value": change.state.properties[key], "timestamp": timestamp, "operation": "set"}
+        for key in change.restored_keys
+    ]
+    ops += [
+        {"key": key, "value": None, "timestamp": timestamp, "operation": "unset"}
+        for key in change.removed_keys
+    ]
+    return ops
+
+
+_MISSING = object()
+
+
+def metadata_delta(
+    current: PersonState, new: PersonState
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The new metadata maps as the set-based write takes them (`runner.persons`): each map becomes
+    `(current - removed) || set`. Returns (last_updated_at entries to set, last_operation entries to
+    set, keys to remove from both maps)."""
+    removed = sorted(
+        {k for k in current.last_updated_at if k not in new.last_updated_at}
+        | {k for k in current.last_operation if k not in new.last_operation}
+    )
+    gone = set(removed)
+
+    def to_set(now: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in wanted.items() if k in gone or now.get(k, _MISSING) != v}
+
+    return (
+        to_set(current.last_updated_at, new.last_updated_at),
+        to_set(current.last_operation, new.last_operation),
+        removed,
+    )

@@ -26,7 +26,7 @@ stamp=.venv/.recon-installed
 want="$(cat pyproject.toml adapters/dbt-chdb/pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e adapters/dbt-chdb -e '.[dev]' 2>&1 \
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e adapters/dbt-chdb -e '.[dev,dagster]' 2>&1 \
     | grep -v "^WARNING: Location" || true
   .venv/bin/python -c 'import dbt.adapters.chdb, runner, confluent_kafka, psycopg, chdb' 
   echo "$want" > "$stamp"

@@ -1,6 +1,12 @@
 import pytest
 
-from runner.restore_rules import PersonState, restore_change, validate_strategy
+from runner.restore_rules import (
+    PersonState,
+    metadata_delta,
+    restore_change,
+    restore_operations,
+    validate_strategy,
+)
 
 
 def state(props, lua=None, lop=None):
@@ -76,3 +82,44 @@ def test_null_metadata_becomes_empty_maps():
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="unknown restore strategy 'keep-newer'"):
         validate_strategy("keep-newer")
+
+
+def test_restore_operations_describe_the_restore_in_the_backup_shape():
+    change = restore_change("keep_newer", BEFORE, AFTER, AFTER)
+    assert change is not None
+    ops = restore_operations(change, "2026-01-20T10:00:00+00:00")
+    assert sorted((op["key"], op["operation"], op["value"]) for op in ops) == [
+        ("legacy", "set", "x"),
+        ("plan", "set", "pro"),
+        ("ref", "unset", None),
+    ]
+    assert {op["timestamp"] for op in ops} == {"2026-01-20T10:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (
+            state({}, {"a": "t1", "b": "t2"}, {"a": "set", "b": "set"}),
+            state({}, {"a": "t0"}, {"b": "set_once"}),
+        ),
+        (state({}, {}, {}), BEFORE),
+        (BEFORE, state({})),
+        (AFTER, BEFORE),
+        (state({}, {"a": None}, {}), state({}, {}, {"a": None})),
+    ],
+)
+def test_metadata_delta_rebuilds_the_new_maps_the_way_the_write_does(current, new):
+    updated_at_set, operation_set, removed = metadata_delta(current, new)
+
+    def write(now, to_set):  # (now - removed) || to_set, as runner.persons does in SQL
+        return {**{k: v for k, v in now.items() if k not in removed}, **to_set}
+
+    assert write(current.last_updated_at, updated_at_set) == new.last_updated_at
+    assert write(current.last_operation, operation_set) == new.last_operation
+
+
+def test_metadata_delta_of_a_restored_key_touches_only_that_key():
+    current = state({}, {"plan": "t-run", "x": "t-x"}, {"plan": "set", "x": "set"})
+    new = state({}, {"plan": "t-before", "x": "t-x"}, {"plan": "set", "x": "set"})
+    assert metadata_delta(current, new) == ({"plan": "t-before"}, {}, [])

@@ -1,0 +1,100 @@
+{#- SQL fragments shared by the models. All values come from recon_vars() through recon_literal. -#}
+
+{#- Spec R5.6: operations on these keys are dropped for SET, SET_ONCE and UNSET alike. -#}
+{% macro recon_blocklist() %}
+  {{ return([
+    '$current_url', '$pathname', '$referring_domain', '$referrer',
+    '$screen_height', '$screen_width', '$viewport_height', '$viewport_width',
+    '$browser', '$browser_version', '$device_type', '$raw_user_agent', '$os', '$os_name', '$os_version',
+    '$geoip_postal_code', '$geoip_time_zone', '$geoip_latitude', '$geoip_longitude', '$geoip_accuracy_radius',
+    '$geoip_subdivision_1_code', '$geoip_subdivision_1_name', '$geoip_subdivision_2_code', '$geoip_subdivision_2_name',
+    '$geoip_subdivision_3_code', '$geoip_subdivision_3_name',
+    '$geoip_city_confidence', '$geoip_country_confidence', '$geoip_postal_code_confidence',
+    '$geoip_subdivision_1_confidence', '$geoip_subdivision_2_confidence',
+  ]) }}
+{% endmacro %}
+
+{% macro recon_blocklist_sql() -%}
+  [{% for key in recon_blocklist() %}{{ recon_literal(key, 'string') }}{% if not loop.last %}, {% endif %}{% endfor %}]
+{%- endmacro %}
+
+
+{#- Spec R4.2: the team filters, combined with AND; empty lists mean no filter. -#}
+{% macro recon_team_filter(column='team_id') -%}
+  {%- set v = recon_vars() -%}
+  {%- set parts = [] -%}
+  {%- if v['team_ids'] -%}{%- do parts.append(column ~ ' in ' ~ recon_literal(v['team_ids'], 'integers')) -%}{%- endif -%}
+  {%- if v['min_team_id'] is not none -%}{%- do parts.append(column ~ ' >= ' ~ recon_literal(v['min_team_id'], 'integer', bare=true)) -%}{%- endif -%}
+  {%- if v['max_team_id'] is not none -%}{%- do parts.append(column ~ ' <= ' ~ recon_literal(v['max_team_id'], 'integer', bare=true)) -%}{%- endif -%}
+  {%- if v['exclude_team_ids'] -%}{%- do parts.append(column ~ ' not in ' ~ recon_literal(v['exclude_team_ids'], 'integers')) -%}{%- endif -%}
+  {%- if parts -%}({{ parts | join(' and ') }}){%- else -%}true{%- endif -%}
+{%- endmacro %}
+
+
+{% macro recon_ts(name) -%}
+  {{ recon_literal(recon_vars()[name], 'timestamp') }}
+{%- endmacro %}
+
+{% macro recon_nil_uuid() -%}
+  toUUID('00000000-0000-0000-0000-000000000000')
+{%- endmacro %}
+
+
+{#-
+  The storage grid of int_person_property_ops__by_window. Windows start at W0 and are split at W1:
+    window_seconds > 0:  [W0 + k*window_seconds, ...), the one containing W1 split at W1 (spec R8.1);
+    window_seconds = 0:  [W0, W1) and [W1, ...) (single pass needs no finer windows).
+  Rows of other grids (earlier builds with other W0/W1/window_seconds) are ignored by every reader.
+-#}
+{% macro recon_window_start(ts) -%}
+  {%- set v = recon_vars() -%}
+  {%- set w0 = recon_ts('bug_window_start') -%}
+  {%- set w1 = recon_ts('bug_window_end') -%}
+  {%- if v['grid_seconds'] > 0 -%}
+    {%- set step = recon_literal(v['grid_seconds'], 'integer', bare=true) -%}
+    if({{ ts }} >= {{ w1 }} and {{ w0 }} + toIntervalSecond(intDiv(toUnixTimestamp({{ ts }}) - toUnixTimestamp({{ w0 }}), {{ step }}) * {{ step }}) < {{ w1 }},
+       {{ w1 }},
+       {{ w0 }} + toIntervalSecond(intDiv(toUnixTimestamp({{ ts }}) - toUnixTimestamp({{ w0 }}), {{ step }}) * {{ step }}))
+  {%- else -%}
+    if({{ ts }} >= {{ w1 }}, {{ w1 }}, {{ w0 }})
+  {%- endif -%}
+{%- endmacro %}
+
+{% macro recon_grid_filter(alias=none) -%}
+  {%- set v = recon_vars() -%}
+  {%- set p = (alias ~ '.') if alias else '' -%}
+  {{ p }}bug_window_start = {{ recon_ts('bug_window_start') }}
+  and {{ p }}bug_window_end = {{ recon_ts('bug_window_end') }}
+  and {{ p }}window_seconds = {{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}
+{%- endmacro %}
+
+
+{#-
+  Spec R6.4 and section 7 for one (person, key), given:
+    last_set        Nullable(Tuple(at, event_uuid, position, value))  latest SET (R5.7, tie-break R5.9)
+    first_set_once  Nullable(Tuple(at, event_uuid, position, value))  earliest SET_ONCE
+    last_unset_at   Nullable(DateTime64)                               latest UNSET
+    state_keys, state_values                                           current CH state (R2.2, R6.3)
+  Emits the columns in_set, in_set_once, in_unset (R6.4) and keep_set, keep_set_once, keep_unset (after R7).
+-#}
+{% macro recon_key_decisions(key='key', last_set='last_set', first_set_once='first_set_once', last_unset_at='last_unset_at',
+                             state_keys='state_keys', state_values='state_values') -%}
+    indexOf({{ state_keys }}, {{ key }}) as state_index,
+    state_index > 0 as in_state,
+    if(in_state, arrayElement({{ state_values }}, state_index), '') as state_value,
+    tupleElement(assumeNotNull({{ last_set }}), 1) as set_at,
+    tupleElement(assumeNotNull({{ last_set }}), 4) as set_value,
+    tupleElement(assumeNotNull({{ first_set_once }}), 1) as set_once_at,
+    tupleElement(assumeNotNull({{ first_set_once }}), 4) as set_once_value,
+    assumeNotNull({{ last_unset_at }}) as unset_at,
+    -- R6.4: SET only changes a key the person has, to a different raw text; SET_ONCE only fills an
+    -- absent key; UNSET only removes a present key (presence counts a JSON null value as present).
+    {{ last_set }} is not null and in_state and set_value != state_value as in_set,
+    {{ first_set_once }} is not null and not in_state as in_set_once,
+    {{ last_unset_at }} is not null and in_state as in_unset,
+    -- R7.1: SET against UNSET, the later one wins, UNSET on equal timestamps.
+    -- R7.2: SET_ONCE against the original UNSET, same rule (never both with one CH state, R6.6).
+    in_set and not (in_unset and set_at <= unset_at) as keep_set,
+    in_set_once and not (in_unset and set_once_at <= unset_at) as keep_set_once,
+    in_unset and not (in_set and set_at > unset_at) and not (in_set_once and set_once_at > unset_at) as keep_unset
+{%- endmacro %}

@@ -1,0 +1,266 @@
+"""Business rules of applying one person's diff (spec §7, R9.4–R9.9, §2.7). Pure functions, no I/O.
+
+A diff's timestamps are carried as the text R9.7 writes into `properties_last_updated_at`
+(`2026-01-07T14:52:00.123456+00:00`, no fraction when it is zero, always UTC): every consumer of a
+timestamp wants that text, and for this fixed format the order of the texts is the order of the times
+(at equal seconds `+` sorts before `.`, i.e. a zero fraction before a non-zero one), which is all the
+conflict filter needs.
+
+The merges return the new properties in full and the change to the two metadata maps as a delta (keys
+to set, keys to remove): applying the delta is `(old - removed) || set`, which Postgres does in the same
+statement as the update (`runner.persons`), so the metadata maps never travel through Python.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
+from typing import Any
+from uuid import UUID
+
+SET = "set"
+SET_ONCE = "set_once"
+UNSET = "unset"
+
+JsonMap = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonDiff:
+    """One person's diff: SET/SET_ONCE map key -> (decoded value, timestamp); UNSET key -> timestamp.
+    Timestamps are R9.7 texts (see the module's docstring)."""
+
+    team_id: int
+    person_uuid: UUID
+    baseline_version: int
+    set: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    set_once: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    unset: dict[str, str] = field(default_factory=dict)
+    batch_index: int = 0
+    # R9.9's pending_operations as JSON text when the reader built it (see pending_operations_json).
+    pending_operations: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    changed: bool
+    properties: JsonMap
+    metadata_set: dict[str, tuple[str, str]]  # key -> (timestamp, "set" | "set_once")
+    metadata_removed: list[str]
+
+    def apply_metadata(
+        self, last_updated_at: Mapping | None, last_operation: Mapping | None
+    ) -> tuple[JsonMap, JsonMap]:
+        """The two metadata maps after the merge (R9.7: NULL becomes `{}`; untouched keys are kept)."""
+        updated = {k: v for k, v in (last_updated_at or {}).items() if k not in self.metadata_removed}
+        operation = {k: v for k, v in (last_operation or {}).items() if k not in self.metadata_removed}
+        for key, (ts, op) in self.metadata_set.items():
+            updated[key] = ts
+            operation[key] = op
+        return updated, operation
+
+    def metadata_json(self) -> tuple[str, str]:
+        """The metadata keys to set, as JSON objects for `properties_last_updated_at` and `..._operation`."""
+        return (
+            json.dumps({k: ts for k, (ts, _) in self.metadata_set.items()}),
+            json.dumps({k: op for k, (_, op) in self.metadata_set.items()}),
+        )
+
+
+class BadDiffValue(ValueError):
+    """A diff-table entry is not valid JSON (the team fails, naming the person)."""
+
+
+def iso_timestamp(ts: datetime) -> str:
+    """R9.7: `2026-01-07T14:52:00.123456+00:00`, without the fraction when microseconds are zero. A naive
+    datetime is UTC."""
+    return (ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)).isoformat()
+
+
+def decode_diff(
+    team_id: int,
+    person_uuid: UUID,
+    baseline_version: int,
+    set_entries: Iterable[tuple[str, str, datetime | str]],
+    set_once_entries: Iterable[tuple[str, str, datetime | str]],
+    unset_entries: Iterable[tuple[str, datetime | str]],
+    batch_index: int = 0,
+) -> PersonDiff:
+    """Build a PersonDiff from entries whose values are raw JSON text (as the diff table stores them)."""
+
+    def ts(value: datetime | str) -> str:
+        return value if isinstance(value, str) else iso_timestamp(value)
+
+    def typed(entries: Iterable[tuple[str, str, datetime | str]]) -> dict[str, tuple[Any, str]]:
+        out: dict[str, tuple[Any, str]] = {}
+        for key, raw, at in entries:
+            try:
+                out[key] = (json.loads(raw), ts(at))
+            except ValueError as exc:
+                raise BadDiffValue(
+                    f"team {team_id} person {person_uuid}: value of {key!r} is not valid JSON: {raw[:80]!r}"
+                ) from exc
+        return out
+
+    return PersonDiff(
+        team_id,
+        person_uuid,
+        baseline_version,
+        typed(set_entries),
+        typed(set_once_entries),
+        {key: ts(at) for key, at in unset_entries},
+        batch_index,
+    )
+
+
+def conflict_filter(diff: PersonDiff) -> PersonDiff:
+    """§7: resolve keys that are both set (or set once) and unset, by timestamp; ties go to UNSET.
+
+    Both passes use the timestamps of the original UNSET map (R7.2). Idempotent.
+    """
+    unset = diff.unset
+    if not unset or not (diff.set.keys() & unset.keys() or diff.set_once.keys() & unset.keys()):
+        return diff
+    set_map = dict(diff.set)
+    set_once_map = dict(diff.set_once)
+    unset_map = dict(unset)
+    for key, t_unset in unset.items():
+        if key in set_map:
+            if set_map[key][1] > t_unset:
+                unset_map.pop(key, None)
+            else:
+                del set_map[key]
+    for key, t_unset in unset.items():
+        if key in set_once_map:
+            if set_once_map[key][1] > t_unset:
+                unset_map.pop(key, None)
+            else:
+                del set_once_map[key]
+    return PersonDiff(
+        diff.team_id,
+        diff.person_uuid,
+        diff.baseline_version,
+        set_map,
+        set_once_map,
+        unset_map,
+        diff.batch_index,
+    )
+
+
+def simple_merge(properties: Mapping[str, Any] | None, diff: PersonDiff) -> MergeResult:
+    """R9.4: Postgres is at the baseline version. SET_ONCE fills absent keys, SET overwrites
+    unconditionally, UNSET removes (and counts as a change even when the key is already absent)."""
+    props = dict(properties or {})
+    metadata: dict[str, tuple[str, str]] = {}
+    changed = False
+    for key, (value, ts) in diff.set_once.items():
+        if key not in props:
+            props[key] = value
+            metadata[key] = (ts, SET_ONCE)
+            changed = True
+    for key, (value, ts) in diff.set.items():
+        props[key] = value
+        metadata[key] = (ts, SET)
+        changed = True
+    removed = list(diff.unset)
+    for key in removed:
+        props.pop(key, None)
+        metadata.pop(key, None)
+        changed = True
+    return MergeResult(changed, props, metadata, removed)
+
+
+def concurrently_changed_keys(base: Mapping[str, Any], current: Mapping[str, Any]) -> set[str]:
+    """R9.5: keys whose value differs between the historic ClickHouse state and Postgres (absent and
+    JSON null alike; Python equality, so 1 == 1.0 == True)."""
+    return {key for key in base.keys() | current.keys() if base.get(key) != current.get(key)}
+
+
+def three_way_merge(
+    base: Mapping[str, Any], properties: Mapping[str, Any] | None, diff: PersonDiff
+) -> MergeResult:
+    """R9.5: Postgres moved on from the baseline. Keys changed concurrently (base vs current) are left
+    alone: Postgres wins every conflict; everything else merges as in R9.4."""
+    current = properties or {}
+    changed_keys = concurrently_changed_keys(base, current)
+    props = dict(current)
+    metadata: dict[str, tuple[str, str]] = {}
+    removed: list[str] = []
+    for key, (value, ts) in diff.set_once.items():
+        if key not in current and key not in changed_keys:
+            props[key] = value
+            metadata[key] = (ts, SET_ONCE)
+    for key, (value, ts) in diff.set.items():
+        if key not in changed_keys:
+            props[key] = value
+            metadata[key] = (ts, SET)
+    for key in diff.unset:
+        if key in current and key not in changed_keys:
+            props.pop(key, None)
+            metadata.pop(key, None)
+            removed.append(key)
+    return MergeResult(bool(metadata or removed), props, metadata, removed)
+
+
+def pending_operations_json(diff: PersonDiff) -> str:
+    """R9.9 as JSON text: every entry of the diff, SET first, then SET_ONCE, then UNSET (value null)."""
+    if diff.pending_operations is not None:
+        return diff.pending_operations
+    parts = []
+    for kind, entries in ((SET, diff.set), (SET_ONCE, diff.set_once)):
+        for key, (value, ts) in entries.items():
+            parts.append(
+                f'{{"key": {encode_basestring_ascii(key)}, "value": {json.dumps(value)}, '
+                f'"timestamp": "{ts}", "operation": "{kind}"}}'
+            )
+    for key, ts in diff.unset.items():
+        key_json = encode_basestring_ascii(key)
+        parts.append(f'{{"key": {key_json}, "value": null, "timestamp": "{ts}", "operation": "unset"}}')
+    return "[" + ", ".join(parts) + "]"
+
+
+def diff_entries(diff: PersonDiff) -> tuple[JsonMap, JsonMap, list[str], dict[str, dict[str, str]]]:
+    """The diff as the JSON output shows it: set, set_once, unset keys and their ISO timestamps."""
+    timestamps = {
+        SET: {key: ts for key, (_, ts) in diff.set.items()},
+        SET_ONCE: {key: ts for key, (_, ts) in diff.set_once.items()},
+        UNSET: dict(diff.unset),
+    }
+    return (
+        {key: value for key, (value, _) in diff.set.items()},
+        {key: value for key, (value, _) in diff.set_once.items()},
+        list(diff.unset),
+        timestamps,
+    )
+
+
+def kafka_created_at(created_at: datetime | None, now: datetime | None = None) -> str:
+    """§2.7 `created_at`: `YYYY-MM-DD HH:MM:SS.ffffff`, converted to UTC (the original used the
+    driver's wall clock; see "Differences from the original job")."""
+    ts = created_at if created_at is not None else (now or datetime.now(UTC))
+    return (ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)).strftime(
+        "%Y-%m-%d %H:%M:%S.%f"
+    )
+
+
+def kafka_message(
+    person_uuid: UUID | str,
+    team_id: int,
+    properties_json: str,
+    is_identified: bool,
+    created_at: str,
+    version: int,
+) -> str:
+    """§2.7: the person message, exactly as Python's default JSON encoder writes the dict
+    `{id, team_id, properties, is_identified, is_deleted, created_at, version}` (built by hand: it is
+    the hot path). `properties_json` is the JSON text of the full new properties (double-encoded),
+    `created_at` the text of `kafka_created_at`."""
+    return (
+        f'{{"id": "{person_uuid}", "team_id": {int(team_id)}, '
+        f'"properties": {encode_basestring_ascii(properties_json)}, '
+        f'"is_identified": {1 if is_identified else 0}, "is_deleted": 0, '
+        f'"created_at": {encode_basestring_ascii(created_at)}, "version": {int(version)}}}'
+    )

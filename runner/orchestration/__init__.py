@@ -1,0 +1,1 @@
+"""Running recon under an orchestrator (optional extras)."""

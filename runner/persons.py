@@ -1,0 +1,294 @@
+"""Postgres side of apply (and restore): row locks, set-based writes, the job's own history.
+
+A chunk of persons is written with a fixed number of statements whatever its size: the computed rows
+are COPied into a temporary table, then one statement with data-modifying CTEs writes the backups (their
+BEFORE columns straight from the locked rows), the updates and the outbox rows. The caller owns the
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+APPLICATION_NAME = "person_property_reconciliation"
+
+# R9.1; lock_timeout only guards statements that could wait at all: row locks are taken with
+# SKIP LOCKED and the writes touch rows this transaction already holds.
+SESSION_SETTINGS = (
+    ("application_name", APPLICATION_NAME),
+    ("lock_timeout", "5s"),
+    ("statement_timeout", "30min"),
+    ("synchronous_commit", "off"),
+)
+
+_CHUNK_TABLE = "recon_apply_chunk"
+_CHUNK_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_CHUNK_TABLE} (
+    ord integer NOT NULL,
+    id bigint NOT NULL,
+    uuid uuid NOT NULL,
+    version_read bigint,
+    properties jsonb NOT NULL,
+    updated_at_set jsonb NOT NULL,
+    operation_set jsonb NOT NULL,
+    metadata_removed text[],
+    version_after bigint NOT NULL,
+    pending_operations jsonb NOT NULL,
+    payload text NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_CHUNK_COLUMNS = (
+    "ord, id, uuid, version_read, properties, updated_at_set, operation_set, metadata_removed, "
+    "version_after, pending_operations, payload"
+)
+
+# R9.7 as a jsonb expression: a NULL (or non-object) map becomes {}, removed keys go, set keys are set.
+# Without a list of removed keys (NULL), the given map replaces the stored one whole.
+_METADATA_AFTER = (
+    "CASE WHEN c.metadata_removed IS NULL THEN c.{delta} ELSE "
+    "(CASE WHEN jsonb_typeof(p.{col}) = 'object' THEN p.{col} ELSE '{{}}'::jsonb END - c.metadata_removed)"
+    " || c.{delta} END"
+)
+_UPDATED_AT_AFTER = _METADATA_AFTER.format(col="properties_last_updated_at", delta="updated_at_set")
+_OPERATION_AFTER = _METADATA_AFTER.format(col="properties_last_operation", delta="operation_set")
+
+# One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
+# backup's BEFORE columns are the locked rows' and its AFTER columns are exactly what the update writes.
+_WRITE_SQL = f"""
+WITH chunk AS MATERIALIZED (
+    SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations, c.payload,
+           c.properties AS properties_after,
+           {_UPDATED_AT_AFTER} AS updated_at_after,
+           {_OPERATION_AFTER} AS operation_after,
+           p.team_id, p.properties, p.properties_last_updated_at, p.properties_last_operation, p.version,
+           p.is_identified, p.created_at, p.is_user_id
+    FROM {_CHUNK_TABLE} c
+    JOIN posthog_person p ON p.team_id = %(team)s AND p.id = c.id
+),
+backup AS (
+    INSERT INTO posthog_person_reconciliation_backup (
+        job_id, team_id, person_id, uuid,
+        properties, properties_last_updated_at, properties_last_operation, version,
+        is_identified, created_at, is_user_id, pending_operations,
+        properties_after, properties_last_updated_at_after, properties_last_operation_after, version_after)
+    SELECT %(job)s, team_id, id, uuid,
+           properties, COALESCE(properties_last_updated_at, 'null'::jsonb),
+           COALESCE(properties_last_operation, 'null'::jsonb), version,
+           is_identified, created_at, is_user_id, pending_operations,
+           properties_after, updated_at_after, operation_after, version_after
+    FROM chunk
+    WHERE %(backup)s
+    ORDER BY ord
+    ON CONFLICT (job_id, team_id, person_id) DO NOTHING
+    RETURNING 1
+),
+updated AS (
+    UPDATE posthog_person p
+    SET properties = chunk.properties_after,
+        properties_last_updated_at = chunk.updated_at_after,
+        properties_last_operation = chunk.operation_after,
+        version = chunk.version_after
+    FROM chunk
+    WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
+    RETURNING 1
+),
+outbox AS (
+    INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload)
+    SELECT %(job)s, %(team)s, uuid, version_after, payload FROM chunk ORDER BY ord
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated), (SELECT count(*) FROM outbox)
+"""
+
+_PERSON_COLUMNS = (
+    "id, uuid, properties, version, is_identified, "
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+)
+_METADATA_COLUMNS = ", properties_last_updated_at, properties_last_operation"
+
+
+@dataclass(frozen=True, slots=True)
+class PgPerson:
+    id: int
+    uuid: UUID
+    properties: dict[str, Any]
+    version: int | None
+    is_identified: bool
+    created_at: str  # UTC, as the Kafka message writes it (§2.7)
+    # Read only with `lock_persons(..., with_metadata=True)` (None when the column is NULL).
+    last_updated_at: dict[str, Any] | None = None
+    last_operation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonWrite:
+    """One computed update; JSON columns are already serialised.
+
+    The metadata maps are written either as a delta (`updated_at_set_json`/`operation_set_json` set
+    over the stored maps after removing `metadata_removed`: apply), or whole
+    (`last_updated_at_json`/`last_operation_json` replace them: restore)."""
+
+    person: PgPerson
+    properties_json: str
+    version_after: int
+    pending_operations_json: str
+    payload: str
+    updated_at_set_json: str = "{}"
+    operation_set_json: str = "{}"
+    metadata_removed: list[str] = field(default_factory=list)
+    last_updated_at_json: str | None = None
+    last_operation_json: str | None = None
+
+    def metadata_columns(self) -> tuple[str, str, list[str] | None]:
+        if self.last_updated_at_json is not None or self.last_operation_json is not None:
+            return self.last_updated_at_json or "{}", self.last_operation_json or "{}", None
+        return self.updated_at_set_json, self.operation_set_json, self.metadata_removed
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedByJob:
+    """A person this job already updated in an earlier invocation (found through the outbox)."""
+
+    version: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWritten:
+    updated: int
+    backups: int
+
+
+def connect(url: str, *, read_only: bool = False) -> psycopg.Connection:
+    """The apply connection: transactions committed per batch (never autocommit), R9.1 settings."""
+    conn = psycopg.connect(url, autocommit=False)
+    with conn.cursor() as cur:
+        for name, value in SESSION_SETTINGS:
+            cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+        if not read_only:
+            cur.execute(_CHUNK_DDL)
+    conn.commit()
+    if read_only:
+        conn.read_only = True
+    return conn
+
+
+def _uuid_array(uuids: Sequence[UUID]) -> str:
+    """A uuid[] literal: much cheaper to send than letting the driver adapt a list of UUID objects."""
+    return "{" + ",".join(map(str, uuids)) + "}"
+
+
+def _row_to_person(row: Sequence[Any]) -> PgPerson:
+    pid, uuid, props, version, identified, created_at, *metadata = row
+    updated, operation = metadata or (None, None)
+    return PgPerson(
+        int(pid),
+        uuid,
+        props if isinstance(props, dict) else {},
+        None if version is None else int(version),
+        bool(identified),
+        created_at,
+        updated if isinstance(updated, dict) else None,
+        operation if isinstance(operation, dict) else None,
+    )
+
+
+def lock_persons(
+    conn: psycopg.Connection,
+    team_id: int,
+    uuids: Sequence[UUID],
+    *,
+    lock: bool = True,
+    with_metadata: bool = True,
+) -> dict[UUID, PgPerson]:
+    """Read and lock the persons' rows. Rows another transaction holds are skipped (not waited for):
+    the caller retries them and finally reports version_conflict. `lock=False` reads only (dry run).
+    Apply passes `with_metadata=False`: it changes the metadata maps in SQL, never reading them."""
+    if not uuids:
+        return {}
+    suffix = " FOR UPDATE SKIP LOCKED" if lock else ""
+    columns = _PERSON_COLUMNS + (_METADATA_COLUMNS if with_metadata else "")
+    rows = conn.execute(
+        f"SELECT {columns} FROM posthog_person "
+        f"WHERE team_id = %s AND uuid = ANY(%s::uuid[]) ORDER BY id{suffix}",
+        (team_id, _uuid_array(uuids)),
+    ).fetchall()
+    return {person.uuid: person for person in map(_row_to_person, rows)}
+
+
+def existing_uuids(conn: psycopg.Connection, team_id: int, uuids: Sequence[UUID]) -> set[UUID]:
+    """Which of these persons exist at all (a plain read sees rows others have locked)."""
+    if not uuids:
+        return set()
+    rows = conn.execute(
+        "SELECT uuid FROM posthog_person WHERE team_id = %s AND uuid = ANY(%s::uuid[])",
+        (team_id, _uuid_array(uuids)),
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def applied_by_job(
+    conn: psycopg.Connection, job_id: str, team_id: int, uuids: Sequence[UUID]
+) -> dict[UUID, AppliedByJob]:
+    """Persons of this chunk that this job already updated: the outbox row is written in the same
+    transaction as the update, so it exists exactly when the update was committed."""
+    if not uuids:
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (person_uuid) person_uuid, version, payload FROM recon_outbox "
+        "WHERE job_id = %s AND team_id = %s AND person_uuid = ANY(%s::uuid[]) "
+        "ORDER BY person_uuid, version DESC",
+        (job_id, team_id, _uuid_array(uuids)),
+    ).fetchall()
+    return {row[0]: AppliedByJob(int(row[1]), row[2]) for row in rows}
+
+
+def _text_array(items: list[str] | None) -> str | None:
+    """A Postgres text[] literal (COPY then reads it as the column's type; cheaper than the adapter)."""
+    if items is None:
+        return None
+    quoted = ('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items)
+    return "{" + ",".join(quoted) + "}"
+
+
+def write_chunk(
+    conn: psycopg.Connection, job_id: str, team_id: int, writes: Sequence[PersonWrite], *, backup: bool
+) -> ChunkWritten:
+    """Backups, updates and outbox rows of a chunk of locked persons, in the caller's transaction."""
+    if not writes:
+        return ChunkWritten(0, 0)
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {_CHUNK_TABLE}")
+        with cur.copy(f"COPY {_CHUNK_TABLE} ({_CHUNK_COLUMNS}) FROM STDIN") as copy:
+            for ord_, w in enumerate(writes):
+                updated_at, operation, removed = w.metadata_columns()
+                copy.write_row(
+                    (
+                        ord_,
+                        w.person.id,
+                        w.person.uuid,
+                        w.person.version,
+                        w.properties_json,
+                        updated_at,
+                        operation,
+                        _text_array(removed),
+                        w.version_after,
+                        w.pending_operations_json,
+                        w.payload,
+                    )
+                )
+        cur.execute(_WRITE_SQL, {"job": job_id, "team": team_id, "backup": backup})
+        row = cur.fetchone()
+        assert row is not None
+        backups, updated, _outbox = row
+    if updated != len(writes):
+        # Cannot happen while the rows are locked; refuse to commit a partial chunk.
+        raise RuntimeError(
+            f"team {team_id}: updated {updated} of {len(writes)} locked persons; batch rolled back"
+        )
+    return ChunkWritten(int(updated), int(backups))

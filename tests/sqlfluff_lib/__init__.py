@@ -1,0 +1,62 @@
+"""Stand-ins for recon's dbt macros, so that `sqlfluff lint` can render the models without dbt.
+
+sqlfluff's jinja templater (see .sqlfluff, `library_path`) puts these functions in the template
+context; they return representative SQL, never touch a database and need no vars.
+"""
+
+TS = "toDateTime64('2026-01-06 20:01:00', 6, 'UTC')"
+
+
+def recon_vars() -> dict:
+    return {"mode": "single_pass", "person_batch_size": 10000, "grid_seconds": 0, "now": "2026-01-20 00:00:00"}
+
+
+def recon_ts(name: str) -> str:
+    return TS
+
+
+def recon_literal(value: object, kind: str, bare: bool = False) -> str:
+    return f"'{value}'" if kind == "string" else str(value)
+
+
+def recon_team_filter(column: str = "team_id") -> str:
+    return f"{column} >= 0"
+
+
+def recon_grid_filter(alias: str | None = None) -> str:
+    return f"{alias + '.' if alias else ''}window_seconds = 0"
+
+
+def recon_window_start(ts: str) -> str:
+    return f"toStartOfHour({ts})"
+
+
+def recon_nil_uuid() -> str:
+    return "toUUID('00000000-0000-0000-0000-000000000000')"
+
+
+def recon_blocklist_sql() -> str:
+    return "['$browser', '$os']"
+
+
+def recon_keep_other_teams(columns: str) -> str:
+    return ""
+
+
+def recon_key_decisions(**_: str) -> str:
+    return (
+        "indexOf(state_keys, key) as state_index,\n        state_index > 0 as in_state,\n"
+        "        state_index > 0 as keep_set"
+    )
+
+
+class _NoRows:
+    rows: list = []
+
+
+def run_query(sql: str) -> _NoRows:
+    return _NoRows()
+
+
+def recon_check_now_not_behind_ledger() -> str:
+    return ""
