@@ -119,8 +119,8 @@ def reset_postgres(pg_url: str, persons: int, baseline_persons: int) -> None:
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE posthog_person, posthog_person_reconciliation_backup, recon_outbox, recon_run_team, "
-            "recon_run RESTART IDENTITY"
+            "TRUNCATE posthog_person, posthog_person_reconciliation_backup, recon_outbox, "
+            "recon_outbox_batch, recon_run_team, recon_run RESTART IDENTITY"
         )
         conn.execute("SET synchronous_commit = off")
         conn.execute(
@@ -141,7 +141,8 @@ def reset_postgres(pg_url: str, persons: int, baseline_persons: int) -> None:
             """,
             {"persons": persons, "total": persons + baseline_persons},
         )
-        conn.execute("ANALYZE posthog_person")
+        # As a live table is: hint bits set, visibility map up to date, no autovacuum due mid-run.
+        conn.execute("VACUUM ANALYZE posthog_person")
 
 
 # --- the baseline (child process) ------------------------------------------------------------------
@@ -329,7 +330,7 @@ def check_applied(pg_url: str, persons: int) -> dict[str, int]:
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         updated, published = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE published_at IS NOT NULL) FROM recon_outbox "
+            "SELECT count(*), count(*) FILTER (WHERE published_at IS NOT NULL) FROM recon_outbox_status "
             "WHERE job_id LIKE 'bench-%%'"
         ).fetchone()
         backups = conn.execute("SELECT count(*) FROM posthog_person_reconciliation_backup").fetchone()[0]

@@ -35,6 +35,11 @@
   {{ recon_literal(recon_vars()[name], 'timestamp') }}
 {%- endmacro %}
 
+{#- One aggregated operation: ordered by (at, event_uuid, position, value), the tie-break of R5.9. -#}
+{% macro recon_operation_type() -%}
+  Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String)
+{%- endmacro %}
+
 {% macro recon_nil_uuid() -%}
   toUUID('00000000-0000-0000-0000-000000000000')
 {%- endmacro %}

@@ -45,7 +45,7 @@ def run_dbt(command: str, dbt_vars: dict[str, Any] | None = None, extra: list[st
         detail = str(result.exception) if result.exception else ""
         if not detail and result.result is not None:
             errors = [
-                f"{r.node.name}: {r.message}"
+                f"{getattr(getattr(r, 'node', None), 'name', 'dbt')}: {r.message}"
                 for r in getattr(result.result, "results", [])
                 if str(getattr(r, "status", "")) in ("error", "fail")
             ]

@@ -6,7 +6,6 @@ person lists travel as array parameters, never as SQL text: no `max_query_size` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,7 @@ from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
 
-from runner.merge import BadDiffValue, PersonDiff
+from runner.merge import BadDiffValue, PersonDiff, json_loads
 from runner.settings import ConfigError
 from runner.warehouse import ident
 
@@ -125,7 +124,7 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
     batch_index, person_id, baseline, entries, operations = row
     person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
     try:
-        s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json.loads(entries)
+        s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(entries)
     except ValueError as exc:
         raise BadDiffValue(f"team {team_id} person {person}: a diff value is not valid JSON") from exc
     return PersonDiff(
@@ -168,7 +167,7 @@ def historic_properties(
     out: dict[UUID, dict[str, Any]] = {}
     for person_id, text in rows:
         uuid = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
-        parsed = json.loads(text) if text else {}
+        parsed = json_loads(text) if text else {}
         if not isinstance(parsed, dict):
             raise ValueError(f"team {team_id} person {uuid}: ClickHouse properties are not a JSON object")
         out[uuid] = parsed

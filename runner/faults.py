@@ -8,6 +8,7 @@ like a kill -9), or with `:pause` it writes `$RECON_FAULT_FILE` and waits until 
 - `after_commit`: a batch is committed, nothing of it published.
 - `mid_publish`: about to produce a message (counts messages).
 - `after_batch`: a batch is committed, published and marked published (between batches).
+- `before_lock`: a chunk's rows are about to be locked (the batch before it may still be committing).
 
 Unset in production: `point()` is then a dictionary lookup.
 """

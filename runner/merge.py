@@ -14,12 +14,15 @@ statement as the update (`runner.persons`), so the metadata maps never travel th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 SET = "set"
 SET_ONCE = "set_once"
@@ -64,10 +67,40 @@ class MergeResult:
 
     def metadata_json(self) -> tuple[str, str]:
         """The metadata keys to set, as JSON objects for `properties_last_updated_at` and `..._operation`."""
-        return (
-            json.dumps({k: ts for k, (ts, _) in self.metadata_set.items()}),
-            json.dumps({k: op for k, (_, op) in self.metadata_set.items()}),
-        )
+        if not self.metadata_set:
+            return "{}", "{}"
+        # As json.dumps writes these dicts, without building them (hot path: once per updated person).
+        updated: list[str] = []
+        operation: list[str] = []
+        for key, (ts, op) in self.metadata_set.items():
+            key_json = encode_basestring_ascii(key)
+            updated.append(f"{key_json}: {encode_basestring_ascii(ts)}")
+            operation.append(f"{key_json}: {encode_basestring_ascii(op)}")
+        return "{" + ", ".join(updated) + "}", "{" + ", ".join(operation) + "}"
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def json_loads(text: str | bytes | bytearray | memoryview) -> Any:
+    """`json.loads`, through orjson where it gives the same result (several times faster; the hot path
+    decodes every person's diff and Postgres properties). Python's decoder takes over for what orjson
+    refuses (NaN, Infinity, lone surrogates) and for texts with a run of 19+ digits, since orjson turns
+    integers past 64 bits into floats."""
+    if isinstance(text, memoryview):
+        text = bytes(text)
+    long_number = (_LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES).search(text)  # type: ignore[arg-type]
+    if long_number is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+# json.dumps with its default arguments, minus the per-call argument checks (hot path).
+json_dumps = json.JSONEncoder().encode
 
 
 class BadDiffValue(ValueError):
@@ -150,27 +183,48 @@ def conflict_filter(diff: PersonDiff) -> PersonDiff:
     )
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of decoded JSON values: objects by keys (order never matters), arrays in order,
+    numbers by value (`1 == 1.0`), and booleans never equal to numbers (unlike Python's `True == 1`)."""
+    kind = type(a)
+    if kind is type(b) and (kind is str or kind is int):  # the common case, first
+        return bool(a == b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict | list) or isinstance(b, dict | list):
+        return False
+    return bool(a == b)
+
+
 def simple_merge(properties: Mapping[str, Any] | None, diff: PersonDiff) -> MergeResult:
-    """R9.4: Postgres is at the baseline version. SET_ONCE fills absent keys, SET overwrites
-    unconditionally, UNSET removes (and counts as a change even when the key is already absent)."""
+    """R9.4: Postgres is at the baseline version. SET_ONCE fills absent keys, SET overwrites, UNSET
+    removes.
+
+    Deliberate difference from the original: an entry that would not change the live row (a SET whose
+    value Postgres already holds, an UNSET of an absent key) is not written, so it neither bumps the
+    version nor republishes the person (the original counted both as changes, gotcha 20)."""
     props = dict(properties or {})
     metadata: dict[str, tuple[str, str]] = {}
-    changed = False
+    removed: list[str] = []
     for key, (value, ts) in diff.set_once.items():
         if key not in props:
             props[key] = value
             metadata[key] = (ts, SET_ONCE)
-            changed = True
     for key, (value, ts) in diff.set.items():
+        if key in props and json_equal(props[key], value):
+            continue
         props[key] = value
         metadata[key] = (ts, SET)
-        changed = True
-    removed = list(diff.unset)
-    for key in removed:
-        props.pop(key, None)
-        metadata.pop(key, None)
-        changed = True
-    return MergeResult(changed, props, metadata, removed)
+    for key in diff.unset:
+        if key in props:
+            del props[key]
+            metadata.pop(key, None)
+            removed.append(key)
+    return MergeResult(bool(metadata or removed), props, metadata, removed)
 
 
 def concurrently_changed_keys(base: Mapping[str, Any], current: Mapping[str, Any]) -> set[str]:
@@ -194,7 +248,7 @@ def three_way_merge(
             props[key] = value
             metadata[key] = (ts, SET_ONCE)
     for key, (value, ts) in diff.set.items():
-        if key not in changed_keys:
+        if key not in changed_keys and not (key in current and json_equal(current[key], value)):
             props[key] = value
             metadata[key] = (ts, SET)
     for key in diff.unset:

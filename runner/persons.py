@@ -2,18 +2,22 @@
 
 A chunk of persons is written with a fixed number of statements whatever its size: the computed rows
 are COPied into a temporary table, then one statement with data-modifying CTEs writes the backups (their
-BEFORE columns straight from the locked rows), the updates and the outbox rows. The caller owns the
-transaction.
+BEFORE columns straight from the locked rows), the updates, the outbox rows and the chunk's outbox batch
+(the one row whose `published_at` records the delivery of all its messages, `runner.publisher`). The
+caller owns the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import set_json_loads
+
+from runner.merge import json_loads
 
 APPLICATION_NAME = "person_property_reconciliation"
 
@@ -24,6 +28,9 @@ SESSION_SETTINGS = (
     ("lock_timeout", "5s"),
     ("statement_timeout", "30min"),
     ("synchronous_commit", "off"),
+    # Not R9.1: a chunk's rows (~1.5 kB each) are held by the write statement's CTE and sorted once;
+    # the default 4MB spills a 10k-person chunk to temporary files.
+    ("work_mem", "64MB"),
 )
 
 _CHUNK_TABLE = "recon_apply_chunk"
@@ -59,6 +66,8 @@ _OPERATION_AFTER = _METADATA_AFTER.format(col="properties_last_operation", delta
 
 # One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
 # backup's BEFORE columns are the locked rows' and its AFTER columns are exactly what the update writes.
+# The outbox rows get ids in processing order and the id of the chunk's outbox batch, whose row records
+# their id range (the publisher reads a batch back by that range when it did not keep the messages).
 _WRITE_SQL = f"""
 WITH chunk AS MATERIALIZED (
     SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations, c.payload,
@@ -83,7 +92,6 @@ backup AS (
            properties_after, updated_at_after, operation_after, version_after
     FROM chunk
     WHERE %(backup)s
-    ORDER BY ord
     ON CONFLICT (job_id, team_id, person_id) DO NOTHING
     RETURNING 1
 ),
@@ -97,12 +105,22 @@ updated AS (
     WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
     RETURNING 1
 ),
+batch_id AS MATERIALIZED (
+    SELECT nextval('recon_outbox_batch_id_seq') AS id
+),
 outbox AS (
-    INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload)
-    SELECT %(job)s, %(team)s, uuid, version_after, payload FROM chunk ORDER BY ord
-    RETURNING 1
+    INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload, batch_id)
+    SELECT %(job)s, %(team)s, uuid, version_after, payload, (SELECT id FROM batch_id)
+    FROM chunk ORDER BY ord
+    RETURNING id
+),
+batch AS (
+    INSERT INTO recon_outbox_batch (id, job_id, team_id, first_id, last_id, messages)
+    SELECT (SELECT id FROM batch_id), %(job)s, %(team)s, min(id), max(id), count(*) FROM outbox
+    RETURNING id, first_id, last_id, messages
 )
-SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated), (SELECT count(*) FROM outbox)
+SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated), id, first_id, last_id, messages
+FROM batch
 """
 
 _PERSON_COLUMNS = (
@@ -158,15 +176,32 @@ class AppliedByJob:
     payload: str
 
 
+@dataclass(slots=True)
+class OutboxBatch:
+    """The outbox rows of one written chunk: published together, marked published together (one row of
+    `recon_outbox_batch`). `messages` are (key, payload) in id order, or None when the caller did not
+    keep them: the publisher then reads them back from the outbox by id range."""
+
+    batch_id: int
+    job_id: str
+    team_id: int
+    first_id: int
+    last_id: int
+    size: int
+    messages: list[tuple[str, str]] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkWritten:
     updated: int
     backups: int
+    outbox: OutboxBatch | None = None
 
 
 def connect(url: str, *, read_only: bool = False) -> psycopg.Connection:
     """The apply connection: transactions committed per batch (never autocommit), R9.1 settings."""
     conn = psycopg.connect(url, autocommit=False)
+    set_json_loads(json_loads, conn)  # jsonb columns decoded through orjson (same values)
     with conn.cursor() as cur:
         for name, value in SESSION_SETTINGS:
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -256,39 +291,69 @@ def _text_array(items: list[str] | None) -> str | None:
     return "{" + ",".join(quoted) + "}"
 
 
+def _copy_text(value: str) -> str:
+    """A text value in COPY's text format (backslash, newline, carriage return and tab escaped)."""
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if "\n" in value or "\r" in value or "\t" in value:
+        value = value.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return value
+
+
+_COPY_ROWS_PER_WRITE = 1000
+_COPY_NULL = "\\N"
+
+
+def _copy_lines(writes: Sequence[PersonWrite]) -> Iterator[str]:
+    """The chunk table's rows in COPY text format, a block of lines at a time: built here rather than
+    by the driver's per-value adapters, which cost more than the whole rest of a person's write."""
+    lines: list[str] = []
+    for ord_, w in enumerate(writes):
+        person = w.person
+        updated_at, operation, removed = w.metadata_columns()
+        removed_text = _text_array(removed)
+        lines.append(
+            f"{ord_}\t{person.id}\t{person.uuid}\t"
+            f"{_COPY_NULL if person.version is None else person.version}\t"
+            f"{_copy_text(w.properties_json)}\t{_copy_text(updated_at)}\t{_copy_text(operation)}\t"
+            f"{_COPY_NULL if removed_text is None else _copy_text(removed_text)}\t{w.version_after}\t"
+            f"{_copy_text(w.pending_operations_json)}\t{_copy_text(w.payload)}\n"
+        )
+        if len(lines) == _COPY_ROWS_PER_WRITE:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
 def write_chunk(
-    conn: psycopg.Connection, job_id: str, team_id: int, writes: Sequence[PersonWrite], *, backup: bool
+    conn: psycopg.Connection,
+    job_id: str,
+    team_id: int,
+    writes: Sequence[PersonWrite],
+    *,
+    backup: bool,
+    keep_messages: bool = True,
 ) -> ChunkWritten:
-    """Backups, updates and outbox rows of a chunk of locked persons, in the caller's transaction."""
+    """Backups, updates and outbox rows of a chunk of locked persons, in the caller's transaction.
+    Returns the counts and the chunk's outbox batch (with its messages unless `keep_messages` is
+    False)."""
     if not writes:
         return ChunkWritten(0, 0)
     with conn.cursor() as cur:
         cur.execute(f"DELETE FROM {_CHUNK_TABLE}")
         with cur.copy(f"COPY {_CHUNK_TABLE} ({_CHUNK_COLUMNS}) FROM STDIN") as copy:
-            for ord_, w in enumerate(writes):
-                updated_at, operation, removed = w.metadata_columns()
-                copy.write_row(
-                    (
-                        ord_,
-                        w.person.id,
-                        w.person.uuid,
-                        w.person.version,
-                        w.properties_json,
-                        updated_at,
-                        operation,
-                        _text_array(removed),
-                        w.version_after,
-                        w.pending_operations_json,
-                        w.payload,
-                    )
-                )
+            for block in _copy_lines(writes):
+                copy.write(block)
         cur.execute(_WRITE_SQL, {"job": job_id, "team": team_id, "backup": backup})
         row = cur.fetchone()
         assert row is not None
-        backups, updated, _outbox = row
+        backups, updated, batch_id, first_id, last_id, size = row
     if updated != len(writes):
         # Cannot happen while the rows are locked; refuse to commit a partial chunk.
         raise RuntimeError(
             f"team {team_id}: updated {updated} of {len(writes)} locked persons; batch rolled back"
         )
-    return ChunkWritten(int(updated), int(backups))
+    messages = [(str(w.person.uuid), w.payload) for w in writes] if keep_messages else None
+    outbox = OutboxBatch(int(batch_id), job_id, team_id, int(first_id), int(last_id), int(size), messages)
+    return ChunkWritten(int(updated), int(backups), outbox)

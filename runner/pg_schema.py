@@ -147,6 +147,33 @@ CREATE TABLE IF NOT EXISTS recon_schedule_chunk (
 CREATE INDEX IF NOT EXISTS recon_schedule_chunk_schedule ON recon_schedule_chunk (schedule_id);
 """,
     ),
+    (
+        6,
+        "outbox published per batch: one row per written chunk records its delivery",
+        """
+CREATE TABLE IF NOT EXISTS recon_outbox_batch (
+    id bigserial PRIMARY KEY,
+    job_id text NOT NULL,
+    team_id bigint NOT NULL,
+    first_id bigint NOT NULL,
+    last_id bigint NOT NULL,
+    messages integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS recon_outbox_batch_unpublished
+    ON recon_outbox_batch (id) WHERE published_at IS NULL;
+ALTER TABLE recon_outbox ADD COLUMN IF NOT EXISTS batch_id bigint;
+DROP INDEX IF EXISTS recon_outbox_unpublished;
+CREATE INDEX IF NOT EXISTS recon_outbox_unpublished_rows
+    ON recon_outbox (id) WHERE published_at IS NULL AND batch_id IS NULL;
+CREATE OR REPLACE VIEW recon_outbox_status AS
+SELECT o.id, o.job_id, o.team_id, o.person_uuid, o.version, o.payload, o.batch_id, o.created_at,
+       COALESCE(o.published_at, b.published_at) AS published_at
+FROM recon_outbox o
+LEFT JOIN recon_outbox_batch b ON b.id = o.batch_id;
+""",
+    ),
 ]
 
 _LEDGER_DDL = """
@@ -159,7 +186,7 @@ CREATE TABLE IF NOT EXISTS recon_schema_migrations (
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(url or settings.persons_db_url(), **kwargs)
+    return psycopg.connect(url or settings.persons_db_url() or "", **kwargs)
 
 
 def migrate(url: str | None = None) -> list[int]:

@@ -43,7 +43,7 @@ from uuid import UUID
 import psycopg
 
 from runner import faults, ledger, metrics, persons
-from runner.applier import LOCK_ATTEMPTS, LOCK_RETRY_WAITS, TEAM_FAILED
+from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, TEAM_FAILED
 from runner.merge import kafka_message
 from runner.publisher import Publisher, PublishError, drain
 from runner.restore_rules import (
@@ -325,6 +325,8 @@ class _Batch:
     def reset(self) -> None:
         self.persons = 0
         self.writes = 0
+        self.outbox: list[persons.OutboxBatch] = []
+        self.kept_messages = 0
         self.outcomes.clear()
         self.restored = 0
         self.already = 0
@@ -470,25 +472,22 @@ class Restorer:
         team = TeamRestore(team_id, backups)
         batch = _Batch()
         log.info("Team %d: restoring %d backup rows (batch_size %d)", team_id, backups, cfg.batch_size)
-        watermark = 0
         resumed = False
         if not cfg.dry_run:
             ledger.start_team(self.control, cfg.restore_job_id, team_id, metrics.chunk_id([team_id]))
             row = self.control.execute(
-                "SELECT coalesce(max(id), 0), "
-                "EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s) FROM recon_outbox",
+                "SELECT EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s)",
                 (cfg.restore_job_id, team_id),
             ).fetchone()
-            if row is not None:
-                watermark, resumed = int(row[0]), bool(row[1])
+            resumed = bool(row and row[0])
         try:
             assert self.conn is not None
             for page in iter_backup_pages(self.conn, cfg, team_id):
                 for chunk in self._cut(page, batch):
                     self._restore_chunk(team_id, chunk, batch, resumed)
                     if cfg.batch_size and batch.persons >= cfg.batch_size:
-                        watermark = self._close_batch(team, batch, watermark)
-            self._close_batch(team, batch, watermark)
+                        self._close_batch(team, batch)
+            self._close_batch(team, batch)
             team.status = ledger.SUCCEEDED
         except Exception as exc:  # noqa: BLE001 - the team's error boundary (R13.6), then the next team
             self._fail_team(team, batch, exc)
@@ -554,22 +553,19 @@ class Restorer:
         team.status = ledger.FAILED
         team.error = f"{type(exc).__name__}: {exc}"
 
-    def _close_batch(self, team: TeamRestore, batch: _Batch, watermark: int) -> int:
-        """Commit a batch that wrote anything and produce its outbox rows (deliveries are confirmed
-        asynchronously); a batch that wrote nothing only releases its row locks. Returns the outbox id
-        up to which messages were produced."""
+    def _close_batch(self, team: TeamRestore, batch: _Batch) -> None:
+        """Commit a batch that wrote anything and produce its outbox batches (deliveries are confirmed
+        asynchronously); a batch that wrote nothing only releases its row locks."""
         assert self.conn is not None and self.control is not None
         if batch.persons == 0:
-            return watermark
+            return
         if batch.writes and not self.config.dry_run:
             assert self.publisher is not None
             faults.point("before_commit")
             self.conn.commit()
             team.commits += 1
             faults.point("after_commit")
-            produced, watermark = self.publisher.produce_pending(
-                self.control, job_id=self.config.restore_job_id, team_id=team.team_id, after_id=watermark
-            )
+            produced = sum(self.publisher.produce_batch(self.control, b) for b in batch.outbox)
             self.publisher.mark_published(self.control)
             log.info(
                 "Team %d: committed restore batch %d (%d persons, %d restored), %d messages sent to Kafka",
@@ -584,7 +580,6 @@ class Restorer:
             self.conn.rollback()
         batch.merge_into(team)
         self.sink.batch_closed()
-        return watermark
 
     # --- chunk ------------------------------------------------------------------------------------
 
@@ -616,7 +611,13 @@ class Restorer:
             batch.add(result, written=write is not None)
             self.sink.person(result)
         if writes:
-            persons.write_chunk(self.conn, cfg.restore_job_id, team_id, writes, backup=True)
+            keep = batch.kept_messages + len(writes) <= KEPT_MESSAGES
+            written = persons.write_chunk(
+                self.conn, cfg.restore_job_id, team_id, writes, backup=True, keep_messages=keep
+            )
+            if written.outbox is not None:
+                batch.outbox.append(written.outbox)
+                batch.kept_messages += len(written.outbox.messages or ())
             batch.writes += len(writes)
 
     def _lock(self, team_id: int, uuids: list[UUID]) -> tuple[dict[UUID, persons.PgPerson], set[UUID]]:

@@ -513,7 +513,7 @@ def _ensure_topic(bootstrap: str, topic: str, partitions: int = TOPIC_PARTITIONS
 def _stop_tansu(pid: int | None, port: int | None) -> None:
     # Only a broker we stopped is waited for: a stale stack.json's port may belong to someone else now.
     ours = bool(pid and pid_alive(pid) and "tansu" in _cmdline(pid))
-    if ours:
+    if ours and pid is not None:
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, STOP_TIMEOUT)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS {db}.events
     `$group_3` String MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$group_3'), '^"|"$', ''),
     `$group_4` String MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$group_4'), '^"|"$', ''),
     `$window_id` String MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$window_id'), '^"|"$', ''),
-    `$session_id` String MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$session_id'), '^"|"$', ''),
+    `$session_id` String
+        MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$session_id'), '^"|"$', ''),
     inserted_at Nullable(DateTime64(6, 'UTC')) DEFAULT now64(),
     _timestamp DateTime,
     _offset UInt64
@@ -161,11 +162,10 @@ def init_sources(cli: Client | None = None, database: str | None = None) -> list
     cli = cli or client()
     db = ident(database or settings.source_database())
     cli.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    statements = [_events_ddl(db), _person_ddl(db), _overrides_ddl(db), _metrics_ddl(db), _metrics_view_ddl(db)]
-    for ddl in statements:
-        cli.command(ddl)
+    for make_ddl in (_events_ddl, _person_ddl, _overrides_ddl, _metrics_ddl, _metrics_view_ddl):
+        cli.command(make_ddl(db))
     return [*SOURCE_TABLES, "custom_metrics_counter_events", "custom_metrics_counters"]
 
 
 def query_rows(sql: str, parameters: dict[str, Any] | None = None, cli: Client | None = None) -> list[tuple]:
-    return (cli or client()).query(sql, parameters=parameters).result_rows
+    return [tuple(row) for row in (cli or client()).query(sql, parameters=parameters).result_rows]

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check runner tests bench adapters
+.venv/bin/mypy runner
 .venv/bin/python -m pytest -q "$@"

@@ -91,11 +91,11 @@ select
     -- position, value); max and min are idempotent, so re-inserting a window changes nothing.
     cast(
         maxOrNullIf(tuple(timestamp, event_uuid, position, value), kind = 'set')
-        as SimpleAggregateFunction(max, Nullable(Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String)))
+        as SimpleAggregateFunction(max, Nullable({{ recon_operation_type() }}))
     ) as last_set,
     cast(
         minOrNullIf(tuple(timestamp, event_uuid, position, value), kind = 'set_once')
-        as SimpleAggregateFunction(min, Nullable(Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String)))
+        as SimpleAggregateFunction(min, Nullable({{ recon_operation_type() }}))
     ) as first_set_once,
     cast(
         maxOrNullIf(timestamp, kind = 'unset')
@@ -123,10 +123,8 @@ select
     greatest(window_start, build_from) as slice_start,
     {{ recon_nil_uuid() }} as person_id,
     '' as key,
-    cast(null as SimpleAggregateFunction(max, Nullable(Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String))))
-        as last_set,
-    cast(null as SimpleAggregateFunction(min, Nullable(Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String))))
-        as first_set_once,
+    cast(null as SimpleAggregateFunction(max, Nullable({{ recon_operation_type() }}))) as last_set,
+    cast(null as SimpleAggregateFunction(min, Nullable({{ recon_operation_type() }}))) as first_set_once,
     cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as last_unset_at,
     cast(count() as SimpleAggregateFunction(max, UInt64)) as events,
     cast(0 as SimpleAggregateFunction(max, UInt64)) as events_with_operation_keys,

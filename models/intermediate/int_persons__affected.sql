@@ -10,6 +10,8 @@
   Persons absent from `person` or deleted there are never selected (gotcha 11).
 -#}
 {%- set v = recon_vars() %}
+{%- if v['mode'] == 'windowed' %}
+-- R8.8 step 1: the operations of the bug window alone, compared with the current state
 with operations as (
     select
         window_rows.team_id as team_id,
@@ -20,11 +22,9 @@ with operations as (
         max(window_rows.last_unset_at) as last_unset_at
     from {{ ref('int_person_property_ops__by_window') }} as window_rows
     where {{ recon_grid_filter() }}
-        and team_id in (select team_id from {{ ref('int_teams__discovered') }})
+        and window_rows.window_start < {{ recon_ts('bug_window_end') }}
+        and window_rows.team_id in (select team_id from {{ ref('int_teams__discovered') }})
         and (window_rows.last_set is not null or window_rows.first_set_once is not null or window_rows.last_unset_at is not null)
-    {%- if v['mode'] == 'windowed' %}
-      and window_start < {{ recon_ts('bug_window_end') }}
-      {%- endif %}
     group by window_rows.team_id, window_rows.person_id, window_rows.key
 ),
 
@@ -47,6 +47,22 @@ select
     person_id
 from decided
 group by team_id, person_id
-{%- if v['mode'] == 'windowed' %}
 having max(in_set or in_set_once or in_unset)
+{%- else %}
+-- R6.1-R6.2: every person with an operation since W0, if live in ClickHouse
+with live_persons as (
+    select
+        team_id,
+        person_id
+    from {{ ref('stg_posthog__persons') }}
+)
+
+select distinct
+    window_rows.team_id as team_id,
+    window_rows.person_id as person_id
+from {{ ref('int_person_property_ops__by_window') }} as window_rows
+where {{ recon_grid_filter() }}
+    and window_rows.team_id in (select team_id from {{ ref('int_teams__discovered') }})
+    and (window_rows.last_set is not null or window_rows.first_set_once is not null or window_rows.last_unset_at is not null)
+    and (window_rows.team_id, window_rows.person_id) in (select * from live_persons)
 {%- endif %}

@@ -59,8 +59,9 @@ per_person as (
         arraySort(groupArrayIf(tuple(key, set_once_value, set_once_at), keep_set_once)) as set_once_entries,
         arraySort(groupArrayIf(tuple(key, unset_at), keep_unset)) as unset_entries
     from decided
+    -- only kept entries: a person without any has no row (and most persons compared have none)
+    where keep_set or keep_set_once or keep_unset
     group by team_id, person_id
-    having length(set_entries) + length(set_once_entries) + length(unset_entries) > 0
 )
 
 select

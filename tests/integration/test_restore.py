@@ -203,9 +203,9 @@ def test_apply_then_restore_returns_every_person_to_before(applied, pg_rows, kaf
     ]
 
     # Outbox and Kafka: each restored person once, keyed by uuid, §2.7 format with the new version.
-    assert pg_rows("SELECT count(*), count(published_at) FROM recon_outbox WHERE job_id = 'undo-a'") == [
-        (4, 4)
-    ]
+    assert pg_rows(
+        "SELECT count(*), count(published_at) FROM recon_outbox_status WHERE job_id = 'undo-a'"
+    ) == [(4, 4)]
     restored = messages_of(kafka_bootstrap, applied["topic"], {str(p): now[p][3] for p in (A, B, C, E)})
     assert set(restored) == {str(A), str(B), str(C), str(E)}
     raw = [
@@ -499,18 +499,18 @@ def test_crash_after_commit_is_resumed_and_published_once(applied, pg_rows, kafk
         ["restore", "--job-id", "job-a", "--restore-job-id", "undo-crash", "--batch-size", "1"], env
     )
     assert crashed.returncode == faults.EXIT_CODE, crashed.stderr
-    assert pg_rows("SELECT count(*), count(published_at) FROM recon_outbox WHERE job_id = 'undo-crash'") == [
-        (1, 0)
-    ]
+    assert pg_rows(
+        "SELECT count(*), count(published_at) FROM recon_outbox_status WHERE job_id = 'undo-crash'"
+    ) == [(1, 0)]
 
     resumed = run_restore(
         "--job-id", "job-a", "--restore-job-id", "undo-crash", "--batch-size", "1", "--output", "json"
     )
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.summary()["restored"] == 4
-    assert pg_rows("SELECT count(*), count(published_at) FROM recon_outbox WHERE job_id = 'undo-crash'") == [
-        (4, 4)
-    ]
+    assert pg_rows(
+        "SELECT count(*), count(published_at) FROM recon_outbox_status WHERE job_id = 'undo-crash'"
+    ) == [(4, 4)]
     now = state(pg_rows)
     restored = messages_of(kafka_bootstrap, applied["topic"], {str(p): now[p][3] for p in now})
     assert set(restored) == {str(A), str(B), str(C), str(E)}

@@ -86,7 +86,9 @@ def test_resume_after_kill(env, clean_pg, tmp_path):
         "SELECT status FROM recon_run_team WHERE job_id = %s AND team_id = 3", (f"{sid}-range-3-4",)
     ).fetchall() == [("running",)]
     # batch_size 1: one person committed, not published
-    assert pg.execute("SELECT count(*) FROM recon_outbox WHERE published_at IS NULL").fetchone() == (1,)
+    assert pg.execute("SELECT count(*) FROM recon_outbox_status WHERE published_at IS NULL").fetchone() == (
+        1,
+    )
     assert pg.execute(
         "SELECT count(*) FROM posthog_person_reconciliation_backup WHERE team_id = 3"
     ).fetchone() == (1,)
@@ -126,7 +128,9 @@ def test_resume_after_kill(env, clean_pg, tmp_path):
         "JOIN posthog_person AS p ON p.id = b.person_id WHERE b.team_id = 3"
     ).fetchone()
     assert backups == (team3, team3, True, True) and team3 > 1
-    assert pg.execute("SELECT count(*) FROM recon_outbox WHERE published_at IS NULL").fetchone() == (0,)
+    assert pg.execute("SELECT count(*) FROM recon_outbox_status WHERE published_at IS NULL").fetchone() == (
+        0,
+    )
     assert pg.execute("SELECT chunk, status FROM recon_schedule_chunk ORDER BY chunk").fetchall() == [
         ("range-1-2", "succeeded"),
         ("range-3-4", "succeeded"),

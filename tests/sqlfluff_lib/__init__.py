@@ -8,7 +8,12 @@ TS = "toDateTime64('2026-01-06 20:01:00', 6, 'UTC')"
 
 
 def recon_vars() -> dict:
-    return {"mode": "single_pass", "person_batch_size": 10000, "grid_seconds": 0, "now": "2026-01-20 00:00:00"}
+    return {
+        "mode": "single_pass",
+        "person_batch_size": 10000,
+        "grid_seconds": 0,
+        "now": "2026-01-20 00:00:00",
+    }
 
 
 def recon_ts(name: str) -> str:
@@ -60,3 +65,7 @@ def run_query(sql: str) -> _NoRows:
 
 def recon_check_now_not_behind_ledger() -> str:
     return ""
+
+
+def recon_operation_type() -> str:
+    return "Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String)"

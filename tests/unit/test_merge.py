@@ -85,14 +85,31 @@ def test_simple_merge_set_once_on_present_key_is_no_change():
     assert merged.properties == {"a": None}
 
 
-def test_simple_merge_set_is_unconditional_and_always_a_change():
-    merged = simple_merge({"a": 1}, diff(set_={"a": (1, T0)}))
-    assert merged.changed  # same value still counts (gotcha 20)
-    # no timestamp comparison with the stored metadata
+def test_simple_merge_set_overwrites_without_timestamp_comparison():
+    merged = simple_merge({"a": 1}, diff(set_={"a": (2, T0)}))
+    assert merged.changed
+    assert merged.properties == {"a": 2}
+    # no timestamp comparison with the stored metadata (R2.5)
     assert merged.apply_metadata({"a": "2030-01-01T00:00:00+00:00"}, {"a": "set_once"}) == (
         {"a": T0},
         {"a": "set"},
     )
+
+
+def test_simple_merge_set_of_the_value_postgres_holds_is_no_change():
+    # deliberate difference from gotcha 20: no version bump, no republish for a no-op
+    nested = {"city": "Zürich", "geo": {"lat": 1.5, "lon": 2}}
+    merged = simple_merge(
+        {"a": 1, "addr": nested}, diff(set_={"a": (1.0, T0), "addr": (dict(reversed(nested.items())), T0)})
+    )
+    assert not merged.changed
+    assert merged.properties == {"a": 1, "addr": nested}
+
+
+def test_simple_merge_set_distinguishes_booleans_from_numbers():
+    merged = simple_merge({"a": 1}, diff(set_={"a": (True, T0)}))
+    assert merged.changed
+    assert merged.properties == {"a": True}
 
 
 def test_simple_merge_order_set_once_then_set_then_unset():
@@ -101,9 +118,9 @@ def test_simple_merge_order_set_once_then_set_then_unset():
     assert merged.apply_metadata(None, None) == ({"a": T1}, {"a": "set"})
 
 
-def test_simple_merge_unset_of_absent_key_counts_as_change():
+def test_simple_merge_unset_of_absent_key_is_no_change():
     merged = simple_merge({"a": 1}, diff(unset={"gone": T0}))
-    assert merged.changed
+    assert not merged.changed
     assert merged.properties == {"a": 1}
 
 

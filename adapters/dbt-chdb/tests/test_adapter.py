@@ -140,3 +140,15 @@ def test_delete_insert_replaces_selected_windows(dbt_project, ch) -> None:
         "run", "--select", "window_totals", env={"CHDB_TEST_WINDOWS": "1, 2", "CHDB_TEST_WEIGHT": "5"}
     )
     assert ch.query(query).result_rows == [(0, 10), (1, 50), (2, 50)]
+
+
+def test_empty_select_keeps_its_columns(chdb_path):
+    """chDB drops the column list of an empty result; the adapter restores it (dbt needs it)."""
+    from dbt.adapters.chdb.client import ChdbClient
+    from dbt.adapters.chdb.credentials import ChdbCredentials
+
+    client = ChdbClient(ChdbCredentials(path=chdb_path, schema="default"))
+    result = client.query("select 1 as a, 'x' as b where 0")
+    assert result.column_names == ("a", "b")
+    assert [t.name for t in result.column_types] == ["UInt8", "String"]
+    assert result.result_rows == []

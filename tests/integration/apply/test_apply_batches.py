@@ -67,9 +67,10 @@ def test_pages_smaller_than_batches_and_batches_without_updates(env, run_apply, 
 def test_writer_changes_and_holds_persons_mid_apply(
     env, run_apply, pg_rows, pg_url, kafka_bootstrap, monkeypatch
 ):
-    """After the first commit, another writer (1) commits a change to a person of the next batch, and (2)
-    holds a lock on another one for ~0.5 s, then changes it too. Apply merges both three-way: the
-    concurrent changes win, the rest of the diff applies on top of them."""
+    """Just before apply locks the second batch (the first one may still be committing: batches are
+    pipelined), another writer (1) commits a change to a person of that batch, and (2) holds a lock on
+    another one for ~0.5 s, then changes it too. Apply merges both three-way: the concurrent changes
+    win, the rest of the diff applies on top of them."""
     uuids = [new_uuid(i) for i in range(1, 5)]
     base = {"plan": "free", "legacy": "x"}
     insert_ch_persons(env["ch"], [(1, u, base, 3) for u in uuids])
@@ -97,8 +98,12 @@ def test_writer_changes_and_holds_persons_mid_apply(
     locked = threading.Event()
     original_point = faults.point
 
+    locks: list[str] = []
+
     def point(name: str) -> None:
-        if name == "after_commit" and not locked.is_set():
+        if name == "before_lock":
+            locks.append(name)
+        if name == "before_lock" and len(locks) == 2 and not locked.is_set():
             with psycopg.connect(pg_url, autocommit=True) as conn:
                 conn.execute(
                     'UPDATE posthog_person SET properties = properties || \'{"legacy": "new", "extra": 1}\', '
@@ -124,3 +129,23 @@ def test_writer_changes_and_holds_persons_mid_apply(
     assert "1 persons locked by another transaction; retrying" in run.stderr
     messages = {key: value["version"] for key, value in read_topic_json(kafka_bootstrap, env["topic"])}
     assert messages == {str(uuids[0]): 4, str(uuids[1]): 4, str(changed): 5, str(held): 5}
+
+
+def test_messages_past_the_memory_bound_are_read_back_from_the_outbox(
+    env, run_apply, pg_rows, kafka_bootstrap, monkeypatch
+):
+    """A batch whose messages are more than apply keeps in memory (here: 3) is published from its outbox
+    rows after the commit; several written chunks (pages of 2) make one batch, each its own outbox
+    batch, all marked published once confirmed."""
+    from runner import applier
+
+    monkeypatch.setattr(applier, "KEPT_MESSAGES", 3)
+    uuids = seed_simple(env, 1, 7)
+    insert_summary(env["ch"], {1: 7})
+    run = run_apply("--job-id", "job-kept", "--batch-size", "0", "--page-size", "2", "--output", "json")
+    assert run.exit_code == 0, run.stderr
+    assert run.summary()["teams"][0]["commits"] == 1
+    assert pg_rows("SELECT count(*), count(published_at) FROM recon_outbox_batch") == [(4, 4)]
+    assert pg_rows("SELECT count(*), count(published_at) FROM recon_outbox_status") == [(7, 7)]
+    messages = {key: value["version"] for key, value in read_topic_json(kafka_bootstrap, env["topic"])}
+    assert messages == {str(u): 4 for u in uuids}

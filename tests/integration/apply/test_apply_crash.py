@@ -46,8 +46,8 @@ def seed(tmp_path: Path, env: dict[str, str], pg_url: str) -> None:
 def reset_pg(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE posthog_person, posthog_person_reconciliation_backup, recon_outbox, recon_run_team, "
-            "recon_run RESTART IDENTITY"
+            "TRUNCATE posthog_person, posthog_person_reconciliation_backup, recon_outbox, "
+            "recon_outbox_batch, recon_run_team, recon_run RESTART IDENTITY"
         )
         for u in TEAM1 + TEAM2:
             if u == TEAM1[5]:
@@ -80,8 +80,8 @@ def snapshot(pg_url: str) -> dict[str, Any]:
                 "FROM posthog_person_reconciliation_backup ORDER BY uuid"
             ),
             "outbox": q(
-                "SELECT person_uuid, team_id, version, payload, published_at IS NOT NULL FROM recon_outbox "
-                "ORDER BY person_uuid"
+                "SELECT person_uuid, team_id, version, payload, published_at IS NOT NULL "
+                "FROM recon_outbox_status ORDER BY person_uuid"
             ),
             "ledger": q(
                 "SELECT team_id, status, processed, updated, skipped, outcomes - 'already_applied' "

@@ -66,7 +66,9 @@ def test_failing_team_is_rolled_back_and_reported_while_others_continue(
     versions = dict(pg_rows("SELECT uuid, version FROM posthog_person WHERE team_id = 2"))
     assert [versions[u] for u in team2] == [3, 3, 2, 2]
     assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup WHERE team_id = 2") == [(2,)]
-    assert pg_rows("SELECT count(*), bool_and(published_at IS NOT NULL) FROM recon_outbox") == [(5, True)]
+    assert pg_rows("SELECT count(*), bool_and(published_at IS NOT NULL) FROM recon_outbox_status") == [
+        (5, True)
+    ]
     published = {key for key, _ in read_topic_json(kafka_bootstrap, env["topic"])}
     assert published == {str(u) for u in team2[:2]} | {
         str(new_uuid(100)),
@@ -124,7 +126,7 @@ def test_unpublished_messages_of_earlier_runs_are_published_first(env, run_apply
     assert run.exit_code == 0, run.stderr
     assert "published 1 messages left unpublished by earlier runs" in run.stdout
     assert run.stderr.index("unpublished outbox messages left by earlier runs") < run.stderr.index("Team 1:")
-    assert pg_rows("SELECT job_id, published_at IS NOT NULL FROM recon_outbox ORDER BY id") == [
+    assert pg_rows("SELECT job_id, published_at IS NOT NULL FROM recon_outbox_status ORDER BY id") == [
         ("old-job", True),
         ("job-new", True),
     ]

@@ -217,7 +217,9 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
     assert backups[F][5] is None and backups[F][12] == 1
 
     # Outbox: one row per updated person, all published; Kafka: the §2.7 message keyed by person uuid.
-    outbox = pg_rows("SELECT person_uuid, version, published_at IS NOT NULL FROM recon_outbox ORDER BY id")
+    outbox = pg_rows(
+        "SELECT person_uuid, version, published_at IS NOT NULL FROM recon_outbox_status ORDER BY id"
+    )
     assert outbox == [(A, 4, True), (D, 5, True), (F, 1, True)]
     messages = read_topic(kafka_bootstrap, scenario["topic"])
     assert sorted(m.key().decode() for m in messages) == sorted([str(A), str(D), str(F)])
@@ -355,7 +357,7 @@ def test_no_backup(scenario, run_apply, pg_rows):
     assert run.exit_code == 0, run.stderr
     assert run.summary()["updated"] == 3
     assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup") == [(0,)]
-    assert pg_rows("SELECT count(*) FROM recon_outbox WHERE published_at IS NOT NULL") == [(3,)]
+    assert pg_rows("SELECT count(*) FROM recon_outbox_status WHERE published_at IS NOT NULL") == [(3,)]
     again = run_apply("--no-backup", "--job-id", "job-nb", "--output", "json")
     assert again.summary()["teams"][0]["commits"] == 0
     assert pg_rows("SELECT version FROM posthog_person WHERE uuid = %s", (A,)) == [(4,)]
@@ -395,3 +397,37 @@ def test_keys_with_special_characters(env, run_apply, pg_rows):
     assert version == 3
     [(pending,)] = pg_rows("SELECT pending_operations FROM posthog_person_reconciliation_backup")
     assert [op["key"] for op in pending] == [set_key, *weird]
+
+
+def test_postgres_behind_clickhouse_writes_a_version_clickhouse_accepts(
+    env, run_apply, pg_rows, kafka_bootstrap
+):
+    """Gotcha 19: Postgres at version 2 (or NULL) while ClickHouse holds 6. The original wrote
+    `pg_version + 1`, which ClickHouse drops; the repair must land above the ClickHouse version."""
+    ch, pg = env["ch"], env["pg"]
+    behind, null_version = new_uuid(21), new_uuid(22)
+    insert_ch_persons(ch, [(1, behind, {"plan": "pro"}, 6), (1, null_version, {"plan": "pro"}, 4)])
+    insert_pg_person(pg, 1, behind, {"plan": "pro"}, 2)
+    insert_pg_person(pg, 1, null_version, {"plan": "pro"}, None)
+    insert_diffs(
+        ch,
+        [
+            Diff(1, behind, 6, set={"plan": ('"team"', TS)}),
+            Diff(1, null_version, 4, set={"plan": ('"team"', TS)}),
+        ],
+    )
+    insert_summary(ch, {1: 2})
+    run = run_apply("--job-id", "job-behind", "--output", "json")
+    assert run.exit_code == 0, run.stderr
+    lines = run.persons()
+    assert lines[str(behind)]["version_after"] == 7
+    assert lines[str(null_version)]["version_after"] == 5
+    assert pg_rows("SELECT uuid, properties->>'plan', version FROM posthog_person ORDER BY version") == [
+        (null_version, "team", 5),
+        (behind, "team", 7),
+    ]
+    versions = {
+        json.loads(m.value())["id"]: json.loads(m.value())["version"]
+        for m in read_topic(kafka_bootstrap, env["topic"])
+    }
+    assert versions == {str(behind): 7, str(null_version): 5}

@@ -5,7 +5,6 @@ dbt-clickhouse through `dependencies=["clickhouse"]`, so SQL is identical to pro
 """
 
 from dbt.adapters.base import AdapterPlugin
-
 from dbt.adapters.chdb.connections import ChdbConnectionManager  # noqa: F401
 from dbt.adapters.chdb.credentials import ChdbCredentials
 from dbt.adapters.chdb.impl import ChdbAdapter

@@ -1,8 +1,7 @@
+from dbt.adapters.chdb.client import ChdbClient
 from dbt.adapters.clickhouse.connections import ClickHouseConnectionManager
 from dbt.adapters.clickhouse.dbclient import ChRetryableException
 from dbt.adapters.clickhouse.logger import logger
-
-from dbt.adapters.chdb.client import ChdbClient
 
 
 class ChdbConnectionManager(ClickHouseConnectionManager):
