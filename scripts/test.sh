@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check runner tests bench adapters
 .venv/bin/mypy runner
+.venv/bin/sqlfluff lint models analyses
 .venv/bin/python -m pytest -q "$@"

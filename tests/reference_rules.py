@@ -18,7 +18,26 @@ Where the spec leaves a choice to ClickHouse it is modelled here explicitly:
   64-bit ranges as quoted strings;
 - `ch_uuid_key` is ClickHouse's UUID order (the last 8 bytes, then the first 8, unsigned), used for the
   tie-break and for the order of persons in batches;
-- ties are broken by the greatest (SET) or least (SET_ONCE) `(timestamp, event uuid, position, value)`.
+- ties are broken by the greatest (SET) or least (SET_ONCE) `(timestamp, event uuid, position, value)`;
+- `values_differ` is the SET comparison (R6.4 as recon decides it, see below).
+
+SET comparison: a deliberate difference from the original, which compared raw texts in the single pass
+(R6.4, R6.6) and decoded values with Python equality in windowed mode (R8.6, where `true == 1`). recon
+compares JSON VALUES in both modes, with the runner's apply-time equality (`runner.merge.json_equal`):
+object member order and string escapes never matter, numbers compare by value (`1 == 1.0`), booleans
+never equal numbers. Without it, a repaired person (whose state comes back from Postgres jsonb with its
+keys reordered) would show the same difference forever. Quirks of the models' canonicalisation
+(macros/recon_sql.sql, recon_json_differs), and how this oracle treats them:
+
+- modelled here: a value with duplicate keys in any object is not canonicalised by ClickHouse (its JSON
+  type refuses duplicate paths) and falls back to raw-text comparison, so it differs from every other
+  text (`values_differ` does the same);
+- not modelled (the models see these as EQUAL, this oracle as different; the generated test data never
+  produces them): a dotted key equals the nested path (`{"a.b":1}` vs `{"a":{"b":1}}`), and a key
+  colliding that way is a duplicate path (raw-text fallback); `[true,1]` vs `[1,true]` (booleans in an
+  array that also holds numbers are read as numbers, only their count is checked); in an array mixing
+  integers and floats, integers compare as doubles; values nested deeper than about 1000 levels or with
+  numbers out of double range fall back to raw text.
 """
 
 from __future__ import annotations
@@ -32,6 +51,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
+
+from runner.merge import json_equal
 
 BLOCKLIST = frozenset(
     """
@@ -138,6 +159,35 @@ def ch_raw(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(ch_raw(v) for v in value) + "]"
     raise TypeError(f"not a JSON value: {value!r}")
+
+
+def _has_duplicate_keys(value: Any) -> bool:
+    if isinstance(value, Pairs):
+        keys = [k for k, _ in value]
+        return len(set(keys)) != len(keys) or any(_has_duplicate_keys(v) for _, v in value)
+    if isinstance(value, list):
+        return any(_has_duplicate_keys(v) for v in value)
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """A parsed value with `Pairs` turned into dicts (only called without duplicate keys)."""
+    if isinstance(value, Pairs):
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def values_differ(left: str, right: str) -> bool:
+    """The SET comparison of R6.4 as recon decides it (module docstring): different JSON values, by
+    `runner.merge.json_equal`; a value with duplicate keys compares by its raw text."""
+    if left == right:
+        return False
+    a, b = parse_json(left), parse_json(right)
+    if _has_duplicate_keys(a) or _has_duplicate_keys(b):
+        return True
+    return not json_equal(_plain(a), _plain(b))
 
 
 def first_member(obj: Any, key: str) -> tuple[bool, Any]:
@@ -359,7 +409,7 @@ class Decision:
 
 def decide(ops: KeyOps, key: str, state: State) -> Decision:
     present = key in state.keys
-    in_set = ops.last_set is not None and present and ops.last_set[3].decode() != state.keys[key]
+    in_set = ops.last_set is not None and present and values_differ(ops.last_set[3].decode(), state.keys[key])
     in_set_once = ops.first_set_once is not None and not present
     in_unset = ops.last_unset is not None and present
     keep_set, keep_set_once, keep_unset = in_set, in_set_once, in_unset

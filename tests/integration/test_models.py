@@ -135,9 +135,23 @@ def hand_built() -> tuple[list[rr.Event], list[rr.PersonRow], list[rr.OverrideRo
     event("v3", 1, "v", v, "2026-01-07 04:02:00", props(**{"$set": "plan=team", "$unset": {"plan": ""}}))
     event("v4", 1, "v", v, "2026-01-07 04:03:00", "{'$set': {'plan': 'team'}}")
 
-    # Raw-text comparison (R6.4): 1.0 equals 1 after ClickHouse re-serialises both; key order of a
-    # nested object matters; true is not 1; unicode and escapes survive.
-    x = person("x", 1, {"n": 1, "m": {"a": 2, "b": 1}, "flag": 1, "name": "Zoë", "quote": 'a"b\\c'}, 9)
+    # SET comparison by JSON value (R6.4 as recon decides it, macros/recon_sql.sql): 1.0 equals 1;
+    # nested key order and string escapes never matter; true is not 1; a member holding null counts
+    # (the JSON type would drop it); unicode and escapes survive.
+    x = person(
+        "x",
+        1,
+        {
+            "n": 1,
+            "m": {"a": 2, "b": 1},
+            "flag": 1,
+            "name": "Zoë",
+            "quote": 'a"b\\c',
+            "nul": {"a": None, "b": 1},
+            "ord": {"a": None, "b": [1, True, {"d": 1, "c": None}]},
+        },
+        9,
+    )
     event(
         "x1",
         1,
@@ -145,7 +159,8 @@ def hand_built() -> tuple[list[rr.Event], list[rr.PersonRow], list[rr.OverrideRo
         x,
         "2026-01-07 05:00:00",
         '{"$set": {"n": 1.0, "m": {"b": 1, "a": 2}, "flag": true, '
-        '"name": "Zo\\u00eb", "quote": "a\\"b\\\\c"}}',
+        '"name": "Zo\\u00eb", "quote": "a\\"b\\\\c", "nul": {"b": 1}, '
+        '"ord": {"b": [1, true, {"c": null, "d": 1}], "a": null}}}',
     )
     event("x2", 1, "x", x, "2026-01-07 05:00:01", props(**{"$set_once": {"emoji": "🚀 rocket", "empty": ""}}))
 
@@ -206,8 +221,8 @@ def test_hand_built_edge_cases_match_the_rules_in_both_modes(env: mh.ModelsEnv) 
     label = {uid(lbl): lbl for lbl in ("r1", "r2", "r3")}
     assert rows[r][5] == (f'"{label[tie[-1]]}"',)
     assert rows[r][7:9] == (("fresh",), (f'"{label[tie[0]]}"',))
-    # raw text: 1.0 == 1 and the escaped unicode equals the stored one; key order and true vs 1 differ
-    assert rows[x][4] == ("flag", "m")
+    # JSON values: 1.0 == 1, escapes and key order never matter; true vs 1 and a dropped null member differ
+    assert rows[x][4] == ("flag", "nul")
     assert set(rows) == {p, q, r, x, uid("u"), uid("w"), uid("y"), uid("k")}
     assert sorted(result.teams) == [1, 3, 4]
     summary = {row[0]: row for row in env.summary_rows()}

@@ -163,6 +163,30 @@ def test_decision_table(state: dict, key_ops: rr.KeyOps, kept: tuple) -> None:
     assert (decision.keep_set, decision.keep_set_once, decision.keep_unset) == kept
 
 
+@pytest.mark.parametrize(
+    ("left", "right", "differ"),
+    [
+        # SET compares JSON values (deliberate difference from the original's raw text / Python equality)
+        ('{"b":1,"a":{"y":2,"x":1}}', '{"a":{"x":1,"y":2},"b":1}', False),  # key order, nested too
+        ('"Z\\u00fcrich"', '"Zürich"', False),  # escapes
+        ("1.0", "1", False),  # numbers by value
+        ("true", "1", True),  # booleans are not numbers (Python: True == 1)
+        ("false", "0", True),
+        ('[1,"a"]', '["a",1]', True),  # arrays in order
+        ('{"a":null}', "{}", True),  # a member holding null counts
+        ('{"a":{}}', "{}", True),
+        ("null", "{}", True),
+        ('{"a":1,"a":1}', '{"a":1}', True),  # duplicate keys: raw text (ClickHouse refuses them)
+        ('"x"', '"x"', False),
+    ],
+)
+def test_set_comparison_is_by_json_value(left: str, right: str, differ: bool) -> None:
+    assert rr.values_differ(left, right) is differ
+    assert rr.values_differ(right, left) is differ
+    state = rr.State(1, {"k": right})
+    assert rr.decide(ops(("set", T1, left)), "k", state).keep_set is differ
+
+
 def test_aggregation_ties_are_deterministic() -> None:
     key_ops = rr.KeyOps()
     low, high = UUID("00000000-0000-0001-0000-000000000001"), UUID("00000000-0000-0000-0000-000000000002")
