@@ -9,10 +9,11 @@ as it is), then checks every person the job updated (its outbox rows):
 - `postgres_behind`: ClickHouse already held a higher version than Postgres, so the job's version
   never replaces it there (gotcha 19; expected, not an error).
 - `rule_artifact`: still in the diff at the job's version, but only for reasons the diff rules
-  themselves produce (expected, not an error): a SET whose value equals the stored one once decoded
-  (the single-pass comparison is on raw JSON text, and Postgres's jsonb reorders the keys of nested
-  objects), or an UNSET/SET_ONCE of a key the job itself set or unset (gotchas 2–3: the rules add a key a
-  later unset removes, or remove one a later set re-added).
+  themselves produce (expected, not an error): a SET whose value equals the stored one as JSON, or any
+  entry on a key the job itself set, set once or unset. The original's per-key rules, kept by default,
+  judge each kind against the current state alone (gotchas 2–4): they add a key a later unset removes,
+  remove one a later set re-added, or fill an absent key with the SET_ONCE value and only see the later
+  SET once the key exists, so a recomputed diff can list such keys again (and alternate between runs).
 - `not_ingested`: ClickHouse has not got the job's version yet (run `runner warehouse sync-persons`
   locally; in production, wait for ingestion).
 - `differs`: still in the diff at the job's version for any other reason.
@@ -37,6 +38,7 @@ import yaml  # type: ignore[import-untyped]
 from runner import settings
 from runner import warehouse as wh
 from runner.diffs import DIFF_TABLE
+from runner.merge import json_equal
 from runner.settings import ConfigError
 from runner.warehouse import ident
 
@@ -154,13 +156,13 @@ def _artifact_only(remaining: dict, state_text: str, touched: set[str] | None) -
     """Whether every remaining entry is one the diff rules produce on their own (see the docstring)."""
     state = _decoded(state_text or "{}")
     state = state if isinstance(state, dict) else {}
+    touched = touched or set()
     for key, raw in remaining["set"].items():
-        if key not in state or _decoded(raw) != state[key]:
+        # A SET on a key the job filled with SET_ONCE (gotcha 4: the key was absent, so the rules took
+        # the earlier SET_ONCE and dropped the later SET; now that the key exists the SET qualifies).
+        if key not in touched and not (key in state and json_equal(_decoded(raw), state[key])):
             return False
-    for key in [*remaining["set_once"], *remaining["unset"]]:
-        if touched is None or key not in touched:
-            return False
-    return True
+    return all(key in touched for key in [*remaining["set_once"], *remaining["unset"]])
 
 
 def check_job(conn: psycopg.Connection, client: Any, job_id: str, source_db: str, schema: str) -> Verdict:

@@ -26,12 +26,14 @@ step "seed demo data (teams=$TEAMS persons=$PERSONS events=$EVENTS seed=$SEED)"
 runner demo seed --teams "$TEAMS" --persons "$PERSONS" --events "$EVENTS" --seed "$SEED" \
   --bug-window-start "$W0" --bug-window-end "$W1"
 
-step "compute the diff in ClickHouse (dbt run)"
-dbt run --project-dir . --profiles-dir profiles \
-  --vars "{bug_window_start: \"$W0\", bug_window_end: \"$W1\"}"
+VARS="{bug_window_start: \"$W0\", bug_window_end: \"$W1\"}"
 
-step "inspect: diff summary per team"
-dbt show --project-dir . --profiles-dir profiles --select diff_summary_by_team --limit 20
+step "compute the diff in ClickHouse (dbt run)"
+dbt run --project-dir . --profiles-dir profiles --vars "$VARS"
+
+step "inspect: the diff per team, and the most changed keys (analyses/)"
+dbt show --project-dir . --profiles-dir profiles --vars "$VARS" -q --select diff_summary_by_team --limit 20
+dbt show --project-dir . --profiles-dir profiles --vars "$VARS" -q --select most_changed_keys --limit 10
 
 step "dry run: what would change (writes nothing)"
 runner apply --dry-run --job-id "$JOB_ID" --sample 3
@@ -43,7 +45,6 @@ step "ingest the person topic into ClickHouse (what production's Kafka engine do
 runner warehouse sync-persons
 
 step "verify: recompute the diff for this job's persons"
-runner verify --job-id "$JOB_ID" \
-  --vars "{bug_window_start: \"$W0\", bug_window_end: \"$W1\"}"
+runner verify --job-id "$JOB_ID" --vars "$VARS"
 
 step "done: job $JOB_ID (stop the stack with: .venv/bin/runner stack down)"
