@@ -79,6 +79,8 @@ REQUIRED_MIGRATION = 6
 # Messages of the open transaction kept in memory for publishing after its commit; past this (a large
 # --batch-size, or 0) the publisher reads them back from the outbox instead, so memory stays flat.
 KEPT_MESSAGES = 50_000
+# Committed batches waiting for the publishing thread (each holds its messages) before apply waits.
+PUBLISH_BACKLOG = 4
 
 
 @dataclass(frozen=True)
@@ -527,6 +529,8 @@ class Applier:
             )
             if self.publisher is not None and outbox:
                 self._publishing = [f for f in self._publishing if not f.done()]
+                while len(self._publishing) >= PUBLISH_BACKLOG:  # Kafka is behind: wait for it
+                    self._publishing.pop(0).result()
                 self._publishing.append(self._publish_pool.submit(self._publish_batch, team_id, outbox))
         state.accept_staged()
         self.sink.batch_closed()

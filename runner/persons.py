@@ -341,7 +341,12 @@ def write_chunk(
     if not writes:
         return ChunkWritten(0, 0)
     with conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {_CHUNK_TABLE}")
+        # One primary-key lookup per chunk row: the planner knows nothing of the temporary table and
+        # would rather hash the whole team's rows, a scan of the team for every chunk. Both settings
+        # last until the transaction ends; only single-table reads and chunk writes follow them.
+        cur.execute(
+            f"DELETE FROM {_CHUNK_TABLE}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+        )
         with cur.copy(f"COPY {_CHUNK_TABLE} ({_CHUNK_COLUMNS}) FROM STDIN") as copy:
             for block in _copy_lines(writes):
                 copy.write(block)
