@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import tempfile
 import uuid
@@ -16,14 +15,12 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 import click
-import psycopg
 
-from runner import diffs, ledger, settings
+from runner import diffs, ledger, options, settings
 from runner import warehouse as wh
 from runner.applier import (
     NO_CHANGES,
     NOT_FOUND,
-    REQUIRED_MIGRATION,
     SUCCESS,
     TEAM_FAILED,
     VERSION_CONFLICT,
@@ -34,13 +31,11 @@ from runner.applier import (
     TeamResult,
 )
 from runner.merge import diff_entries
+from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.settings import ConfigError
 
 log = logging.getLogger("runner.apply")
-
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-
 
 # --- JSON lines ------------------------------------------------------------------------------------
 
@@ -276,23 +271,6 @@ class HumanSink:
 # --- command ---------------------------------------------------------------------------------------
 
 
-def _check_postgres(url: str) -> None:
-    """Reachable, and recon's tables migrated; else exit 2 before anything is written."""
-    try:
-        with psycopg.connect(url, connect_timeout=10) as conn:
-            row = conn.execute("SELECT coalesce(max(version), 0) FROM recon_schema_migrations").fetchone()
-            have = int(row[0]) if row else 0
-            person_table = conn.execute("SELECT to_regclass('posthog_person')").fetchone()
-    except psycopg.errors.UndefinedTable as exc:
-        raise ConfigError("recon's tables are missing in Postgres: run `runner db migrate`") from exc
-    except psycopg.OperationalError as exc:
-        raise ConfigError(f"cannot connect to Postgres ({settings.ENV_PERSONS_DB}): {exc}".strip()) from exc
-    if have < REQUIRED_MIGRATION:
-        raise ConfigError(f"recon's Postgres schema is at migration {have}: run `runner db migrate`")
-    if not person_table or person_table[0] is None:
-        raise ConfigError("table posthog_person does not exist in the persons database")
-
-
 def _select_teams(summaries: list[diffs.TeamSummary], team_ids: tuple[int, ...]) -> list[diffs.TeamSummary]:
     known = {t.team_id for t in summaries}
     unknown = sorted(set(team_ids) - known)
@@ -304,40 +282,15 @@ def _select_teams(summaries: list[diffs.TeamSummary], team_ids: tuple[int, ...])
 
 
 @click.command("apply")
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    envvar="RECON_DRY_RUN",
-    show_envvar=True,
-    help="Compute and report what would change; write nothing at all (Postgres, Kafka, ledger, metrics).",
+@options.dry_run_option(
+    "Compute and report what would change; write nothing at all (Postgres, Kafka, ledger, metrics)."
 )
-@click.option(
-    "--job-id",
-    envvar="RECON_JOB_ID",
-    show_envvar=True,
-    default=None,
-    help="Job id recorded in backups, outbox and ledger. Default: a new UUID, printed. "
-    "Re-run with the same id to resume a crashed or failed job: persons it applied are not applied again.",
+@options.job_id_option(
+    "Job id recorded in backups, outbox and ledger. Default: a new UUID, printed. "
+    "Re-run with the same id to resume a crashed or failed job: persons it applied are not applied again."
 )
-@click.option(
-    "--team-id",
-    "team_ids",
-    multiple=True,
-    type=int,
-    envvar="RECON_TEAM_IDS",
-    show_envvar=True,
-    help="Only these teams (repeatable; the env var takes a space-separated list). "
-    "Default: every team in the diff summary. A team not in the summary is an error.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    envvar="RECON_BATCH_SIZE",
-    show_envvar=True,
-    help="Commit every N processed persons; 0 = one commit per team.",
-)
+@options.team_ids_option("Default: every team in the diff summary. A team not in the summary is an error.")
+@options.batch_size_option()
 @click.option(
     "--page-size",
     type=click.IntRange(min=1),
@@ -355,33 +308,9 @@ def _select_teams(summaries: list[diffs.TeamSummary], team_ids: tuple[int, ...])
     show_envvar=True,
     help="Write a backup row per updated person (the original's backup_enabled).",
 )
-@click.option(
-    "--output",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    envvar="RECON_OUTPUT",
-    show_envvar=True,
-    help="json: JSON lines on stdout, one per person and a final summary; logs stay on stderr.",
-)
-@click.option(
-    "--sample",
-    type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    envvar="RECON_SAMPLE",
-    show_envvar=True,
-    help="Human output: updated persons per team shown with before/after properties.",
-)
-@click.option(
-    "--publish-timeout",
-    type=click.FloatRange(min=1),
-    default=30.0,
-    show_default=True,
-    envvar="RECON_PUBLISH_TIMEOUT",
-    show_envvar=True,
-    help="Seconds Kafka may take to confirm a message before it stays in the outbox for the next run.",
-)
+@options.output_option("JSON lines on stdout, one per person and a final summary; logs stay on stderr.")
+@options.sample_option("updated")
+@options.publish_timeout_option
 def apply(
     dry_run: bool,
     job_id: str | None,
@@ -402,8 +331,7 @@ def apply(
     Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published);
     2 bad usage or configuration, nothing written.
     """
-    if job_id is not None and not _JOB_ID.match(job_id):
-        raise click.BadParameter("letters, digits and . _ : - only (at most 200)", param_hint="--job-id")
+    options.validate_job_id(job_id, "--job-id")
     job_id = job_id or str(uuid.uuid4())
     log.info("job id: %s%s", job_id, " (dry run)" if dry_run else "")
     config = ApplyConfig(
@@ -420,7 +348,7 @@ def apply(
     teams = _select_teams(diffs.read_team_summaries(clickhouse, cfg.target_schema), config.team_ids)
     pg_url = settings.persons_db_url()
     assert pg_url is not None
-    _check_postgres(pg_url)
+    check_postgres(pg_url)
     publisher = None
     if not dry_run:
         bootstrap = settings.kafka_bootstrap()

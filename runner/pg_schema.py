@@ -11,6 +11,8 @@ import click
 import psycopg
 
 from runner import settings
+from runner.applier import REQUIRED_MIGRATION
+from runner.settings import ConfigError
 
 POSTHOG_PERSON_DDL = """
 CREATE TABLE IF NOT EXISTS posthog_person (
@@ -207,6 +209,23 @@ def migrate(url: str | None = None) -> list[int]:
             )
             applied.append(version)
     return applied
+
+
+def check_postgres(url: str) -> None:
+    """Reachable, and recon's tables migrated; else exit 2 before anything is written."""
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM recon_schema_migrations").fetchone()
+            have = int(row[0]) if row else 0
+            person_table = conn.execute("SELECT to_regclass('posthog_person')").fetchone()
+    except psycopg.errors.UndefinedTable as exc:
+        raise ConfigError("recon's tables are missing in Postgres: run `runner db migrate`") from exc
+    except psycopg.OperationalError as exc:
+        raise ConfigError(f"cannot connect to Postgres ({settings.ENV_PERSONS_DB}): {exc}".strip()) from exc
+    if have < REQUIRED_MIGRATION:
+        raise ConfigError(f"recon's Postgres schema is at migration {have}: run `runner db migrate`")
+    if not person_table or person_table[0] is None:
+        raise ConfigError("table posthog_person does not exist in the persons database")
 
 
 def init_local(url: str | None = None) -> None:

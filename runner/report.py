@@ -21,7 +21,7 @@ from typing import IO, Any
 import click
 import psycopg
 
-from runner import ledger, settings
+from runner import ledger, options, settings
 from runner.settings import ConfigError
 
 CSV_COLUMNS = (
@@ -319,15 +319,7 @@ def _human(
     help="Write the listed teams to this CSV (team_id,status,error,run_id,step_key,persons_processed,"
     "persons_updated,persons_skipped); `runner schedule --team-ids-from` reads it back.",
 )
-@click.option(
-    "--output",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    envvar="RECON_OUTPUT",
-    show_envvar=True,
-    help="json: one JSON document on stdout.",
-)
+@options.output_option("one JSON document on stdout.")
 @click.option(
     "--details",
     is_flag=True,

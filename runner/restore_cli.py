@@ -16,9 +16,10 @@ from uuid import UUID
 
 import click
 
-from runner import ledger, metrics, settings
+from runner import ledger, metrics, options, settings
 from runner import warehouse as wh
-from runner.apply_cli import _JOB_ID, JsonSink, _check_postgres
+from runner.apply_cli import JsonSink
+from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.restore import (
     NOT_FOUND,
@@ -249,13 +250,10 @@ def _team_table(run: RestoreRun) -> str:
 
 
 @click.command("restore")
-@click.option(
-    "--job-id",
-    required=True,
-    envvar="RECON_JOB_ID",
-    show_envvar=True,
-    help="The job to undo: its backup rows (posthog_person_reconciliation_backup.job_id) are restored. "
+@options.job_id_option(
+    "The job to undo: its backup rows (posthog_person_reconciliation_backup.job_id) are restored. "
     "A restore job id works too (undoes that restore).",
+    required=True,
 )
 @click.option(
     "--strategy",
@@ -268,16 +266,7 @@ def _team_table(run: RestoreRun) -> str:
     "every key the job touched, over later changes. full_overwrite: write the backed-up state verbatim, "
     "discarding every later change.",
 )
-@click.option(
-    "--team-id",
-    "team_ids",
-    multiple=True,
-    type=int,
-    envvar="RECON_TEAM_IDS",
-    show_envvar=True,
-    help="Only these teams (repeatable; the env var takes a space-separated list). Default: every team "
-    "of the job. A team without backup rows is an error.",
-)
+@options.team_ids_option("Default: every team of the job. A team without backup rows is an error.")
 @click.option(
     "--person-id",
     "person_ids",
@@ -297,12 +286,8 @@ def _team_table(run: RestoreRun) -> str:
     show_envvar=True,
     help="Only these persons, by uuid (repeatable). A uuid without backup row is an error.",
 )
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    envvar="RECON_DRY_RUN",
-    show_envvar=True,
-    help="Report what would be restored; write nothing at all (Postgres, Kafka, ledger, metrics).",
+@options.dry_run_option(
+    "Report what would be restored; write nothing at all (Postgres, Kafka, ledger, metrics)."
 )
 @click.option(
     "--restore-job-id",
@@ -322,42 +307,10 @@ def _team_table(run: RestoreRun) -> str:
     show_envvar=True,
     help="Backup rows read per query (keyset pages by team and person).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    envvar="RECON_BATCH_SIZE",
-    show_envvar=True,
-    help="Commit every N processed persons; 0 = one commit per team (as the original).",
-)
-@click.option(
-    "--output",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    envvar="RECON_OUTPUT",
-    show_envvar=True,
-    help="json: JSON lines on stdout, one per backup entry and a final summary; logs stay on stderr.",
-)
-@click.option(
-    "--sample",
-    type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    envvar="RECON_SAMPLE",
-    show_envvar=True,
-    help="Human output: restored persons per team shown with before/after properties.",
-)
-@click.option(
-    "--publish-timeout",
-    type=click.FloatRange(min=1),
-    default=30.0,
-    show_default=True,
-    envvar="RECON_PUBLISH_TIMEOUT",
-    show_envvar=True,
-    help="Seconds Kafka may take to confirm a message before it stays in the outbox for the next run.",
-)
+@options.batch_size_option("(as the original)")
+@options.output_option("JSON lines on stdout, one per backup entry and a final summary; logs stay on stderr.")
+@options.sample_option("restored")
+@options.publish_timeout_option
 def restore(
     job_id: str,
     strategy: str,
@@ -382,10 +335,7 @@ def restore(
     Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published);
     2 bad usage or configuration (unknown strategy or job id, filters matching nothing), nothing written.
     """
-    if restore_job_id is not None and not _JOB_ID.match(restore_job_id):
-        raise click.BadParameter(
-            "letters, digits and . _ : - only (at most 200)", param_hint="--restore-job-id"
-        )
+    options.validate_job_id(restore_job_id, "--restore-job-id")
     config = RestoreConfig(
         job_id=job_id,
         restore_job_id=restore_job_id or default_restore_job_id(job_id),
@@ -402,7 +352,7 @@ def restore(
     cfg = settings.Settings.load()
     pg_url = settings.persons_db_url()
     assert pg_url is not None
-    _check_postgres(pg_url)
+    check_postgres(pg_url)
     publisher = None
     if not dry_run:
         bootstrap = settings.kafka_bootstrap()

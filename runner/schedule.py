@@ -36,8 +36,7 @@ from typing import IO, Any, TypeVar
 import click
 import psycopg
 
-from runner import faults, scheduling, settings
-from runner.apply_cli import _check_postgres
+from runner import faults, options, scheduling, settings
 from runner.chunk_run import (
     BUILD_FAILED,
     FAILED,
@@ -49,6 +48,7 @@ from runner.chunk_run import (
     build_chunk,
     persons_db_url,
 )
+from runner.pg_schema import check_postgres
 from runner.publisher import check_broker
 from runner.scheduling import Chunk, ScheduleConfig
 from runner.settings import ConfigError
@@ -300,7 +300,7 @@ def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     project = settings.project_dir()
     if not (project / "dbt_project.yml").exists():
         raise ConfigError(f"no dbt project at {project} (dbt_project.yml missing; set RECON_PROJECT_DIR)")
-    _check_postgres(targets.pg_url)
+    check_postgres(targets.pg_url)
     with psycopg.connect(targets.pg_url, connect_timeout=10) as conn:
         row = conn.execute("SELECT to_regclass('recon_schedule_chunk')").fetchone()
     if not row or row[0] is None:
@@ -338,13 +338,9 @@ def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     help="Progress key. Default: derived from the configuration (teams, window, mode, chunk_size), "
     "so running the same file again resumes.",
 )
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    envvar="RECON_DRY_RUN",
-    show_envvar=True,
-    help="Build the models and report per chunk and team what would change; write nothing to Postgres "
-    "or Kafka (no ledger, no progress). Same as dry_run: true in the config.",
+@options.dry_run_option(
+    "Build the models and report per chunk and team what would change; write nothing to Postgres "
+    "or Kafka (no ledger, no progress). Same as dry_run: true in the config."
 )
 @click.option(
     "--plan",
@@ -353,14 +349,8 @@ def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     show_envvar=True,
     help="Print the chunks, their job ids and which are finished; build and apply nothing.",
 )
-@click.option(
-    "--output",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    envvar="RECON_OUTPUT",
-    show_envvar=True,
-    help="json: JSON lines on stdout (one per chunk as it finishes, then a summary); logs stay on stderr.",
+@options.output_option(
+    "JSON lines on stdout (one per chunk as it finishes, then a summary); logs stay on stderr."
 )
 def schedule(
     config_file: Path,

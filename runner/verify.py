@@ -9,11 +9,12 @@ as it is), then checks every person the job updated (its outbox rows):
 - `postgres_behind`: ClickHouse already held a higher version than Postgres, so the job's version
   never replaces it there (gotcha 19; expected, not an error).
 - `rule_artifact`: still in the diff at the job's version, but only for reasons the diff rules
-  themselves produce (expected, not an error): a SET whose value equals the stored one as JSON, or any
-  entry on a key the job itself set, set once or unset. The original's per-key rules, kept by default,
-  judge each kind against the current state alone (gotchas 2–4): they add a key a later unset removes,
-  remove one a later set re-added, or fill an absent key with the SET_ONCE value and only see the later
-  SET once the key exists, so a recomputed diff can list such keys again (and alternate between runs).
+  themselves produce (expected, not an error): a SET whose value equals the stored one as JSON, a SET on
+  a key the job filled with SET_ONCE, or a SET_ONCE/UNSET of a key the job itself touched. The
+  original's per-key rules, kept by default, judge each kind against the current state alone (gotchas
+  2–4): they add a key a later unset removes, remove one a later set re-added, or fill an absent key
+  with the SET_ONCE value and only see the later SET once the key exists, so a recomputed diff can list
+  such keys again (and alternate between runs).
 - `not_ingested`: ClickHouse has not got the job's version yet (run `runner warehouse sync-persons`
   locally; in production, wait for ingestion).
 - `differs`: still in the diff at the job's version for any other reason.
@@ -35,7 +36,7 @@ import click
 import psycopg
 import yaml  # type: ignore[import-untyped]
 
-from runner import settings
+from runner import options, settings
 from runner import warehouse as wh
 from runner.diffs import DIFF_TABLE
 from runner.merge import json_equal
@@ -132,8 +133,8 @@ def _pg_versions(conn: psycopg.Connection, teams: list[int], ids: list[UUID]) ->
 
 def _job_operations(
     conn: psycopg.Connection, job_id: str, keys: list[tuple[int, UUID]]
-) -> dict[tuple[int, UUID], set[str]]:
-    """Keys the job's diff touched per person (its backup rows' pending_operations)."""
+) -> dict[tuple[int, UUID], dict[str, set[str]]]:
+    """Keys the job's diff touched per person, with their operations (its backup rows' pending_operations)."""
     if not keys:
         return {}
     rows = conn.execute(
@@ -142,7 +143,13 @@ def _job_operations(
         "WHERE b.job_id = %s",
         ([t for t, _ in keys], [u for _, u in keys], job_id),
     ).fetchall()
-    return {(int(t), u): {op["key"] for op in ops if isinstance(op, dict)} for t, u, ops in rows}
+    by_person: dict[tuple[int, UUID], dict[str, set[str]]] = {}
+    for t, u, ops in rows:
+        operations = by_person.setdefault((int(t), u), {})
+        for op in ops:
+            if isinstance(op, dict):
+                operations.setdefault(op["key"], set()).add(op.get("operation", ""))
+    return by_person
 
 
 def _decoded(text: str) -> Any:
@@ -152,15 +159,16 @@ def _decoded(text: str) -> Any:
         return text
 
 
-def _artifact_only(remaining: dict, state_text: str, touched: set[str] | None) -> bool:
+def _artifact_only(remaining: dict, state_text: str, touched: dict[str, set[str]] | None) -> bool:
     """Whether every remaining entry is one the diff rules produce on their own (see the docstring)."""
     state = _decoded(state_text or "{}")
     state = state if isinstance(state, dict) else {}
-    touched = touched or set()
+    touched = touched or {}
     for key, raw in remaining["set"].items():
         # A SET on a key the job filled with SET_ONCE (gotcha 4: the key was absent, so the rules took
         # the earlier SET_ONCE and dropped the later SET; now that the key exists the SET qualifies).
-        if key not in touched and not (key in state and json_equal(_decoded(raw), state[key])):
+        filled_once = "set_once" in touched.get(key, set())
+        if not filled_once and not (key in state and json_equal(_decoded(raw), state[key])):
             return False
     return all(key in touched for key in [*remaining["set_once"], *remaining["unset"]])
 
@@ -209,9 +217,7 @@ def check_job(conn: psycopg.Connection, client: Any, job_id: str, source_db: str
 
 
 @click.command("verify")
-@click.option(
-    "--job-id", required=True, envvar="RECON_JOB_ID", show_envvar=True, help="The apply job to check."
-)
+@options.job_id_option("The apply job to check.", required=True)
 @click.option(
     "--vars",
     "dbt_vars",
@@ -236,15 +242,7 @@ def check_job(conn: psycopg.Connection, client: Any, job_id: str, source_db: str
     show_envvar=True,
     help="Run dbt first (in this process); --no-recompute checks against the diff table as it is.",
 )
-@click.option(
-    "--output",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    envvar="RECON_OUTPUT",
-    show_envvar=True,
-    help="json: one JSON object on stdout; logs stay on stderr.",
-)
+@options.output_option("one JSON object on stdout; logs stay on stderr.")
 def verify(job_id: str, dbt_vars: str | None, dbt_select: str | None, recompute: bool, output: str) -> None:
     """Check that the job's updates reached ClickHouse and that the recomputed diff no longer lists them.
 

@@ -1,0 +1,106 @@
+"""Command-line options shared by several commands, each defined once.
+
+Every option keeps its name, environment variable (shown in `--help`), default and type wherever it is
+used. Where commands word the help differently, the option is a small factory taking the
+command-specific part of the help text; otherwise it is a ready `click.option` decorator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Job ids (apply's `--job-id`, restore's `--restore-job-id`) are recorded in backups, outbox and ledger.
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+def validate_job_id(value: str | None, param_hint: str) -> None:
+    """A usage error (exit 2) unless `value` is None or a well-formed job id."""
+    if value is not None and not JOB_ID.match(value):
+        raise click.BadParameter("letters, digits and . _ : - only (at most 200)", param_hint=param_hint)
+
+
+def job_id_option(help: str, *, required: bool = False) -> Callable[[F], F]:
+    """`--job-id` (RECON_JOB_ID): the job a command runs as, or works on."""
+    return click.option(
+        "--job-id",
+        required=required,
+        envvar="RECON_JOB_ID",
+        show_envvar=True,
+        default=None,
+        help=help,
+    )
+
+
+def dry_run_option(help: str) -> Callable[[F], F]:
+    """`--dry-run` (RECON_DRY_RUN): report what would change, write nothing."""
+    return click.option("--dry-run", is_flag=True, envvar="RECON_DRY_RUN", show_envvar=True, help=help)
+
+
+def team_ids_option(default_help: str) -> Callable[[F], F]:
+    """`--team-id` (RECON_TEAM_IDS, repeatable) into `team_ids`; `default_help` says which teams are
+    taken without it and which ids are an error."""
+    return click.option(
+        "--team-id",
+        "team_ids",
+        multiple=True,
+        type=int,
+        envvar="RECON_TEAM_IDS",
+        show_envvar=True,
+        help="Only these teams (repeatable; the env var takes a space-separated list). " + default_help,
+    )
+
+
+def batch_size_option(note: str = "") -> Callable[[F], F]:
+    """`--batch-size` (RECON_BATCH_SIZE): persons per commit; `note` is appended to the help."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=0),
+        default=100,
+        show_default=True,
+        envvar="RECON_BATCH_SIZE",
+        show_envvar=True,
+        help="Commit every N processed persons; 0 = one commit per team" + (f" {note}" if note else "") + ".",
+    )
+
+
+def output_option(json_help: str) -> Callable[[F], F]:
+    """`--output human|json` (RECON_OUTPUT); `json_help` describes the JSON output."""
+    return click.option(
+        "--output",
+        type=click.Choice(["human", "json"]),
+        default="human",
+        show_default=True,
+        envvar="RECON_OUTPUT",
+        show_envvar=True,
+        help=f"json: {json_help}",
+    )
+
+
+def sample_option(what: str) -> Callable[[F], F]:
+    """`--sample` (RECON_SAMPLE): how many `what` persons per team human output shows."""
+    return click.option(
+        "--sample",
+        type=click.IntRange(min=0),
+        default=3,
+        show_default=True,
+        envvar="RECON_SAMPLE",
+        show_envvar=True,
+        help=f"Human output: {what} persons per team shown with before/after properties.",
+    )
+
+
+publish_timeout_option = click.option(
+    "--publish-timeout",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    envvar="RECON_PUBLISH_TIMEOUT",
+    show_envvar=True,
+    help="Seconds Kafka may take to confirm a message before it stays in the outbox for the next run.",
+)
