@@ -90,6 +90,23 @@ def _row(value: bytes, timestamp_ms: int, offset: int) -> list[Any] | None:
         return None
 
 
+def eof_consumer(bootstrap: str, name: str) -> Consumer:
+    """A consumer for `assign()`-based reads to the end of each partition: no group is joined (Tansu's
+    joins take ~20 s) and every partition signals its end, since watermarks cannot be trusted."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{name}-{uuid.uuid4().hex}",  # required by the client; never joined
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": False,
+            "fetch.wait.max.ms": 50,
+            "log_level": 3,
+        }
+    )
+
+
 def sync_persons(
     client: Client,
     bootstrap: str,
@@ -103,18 +120,7 @@ def sync_persons(
     """Consume `topic` to the end of every partition into `<source_db>.person`."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {ident(schema)}")
     client.command(_offsets_ddl(schema))
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"recon-sync-{uuid.uuid4().hex}",  # required by the client; never joined
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "allow.auto.create.topics": False,
-            "fetch.wait.max.ms": 50,
-            "log_level": 3,
-        }
-    )
+    consumer = eof_consumer(bootstrap, "recon-sync")
     result = SyncResult()
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+
+from runner.person_sync import eof_consumer
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Message]:
@@ -21,18 +22,7 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Messag
     A topic that does not exist reads as empty. Raises TimeoutError when some partition has not
     signalled its end within `timeout` seconds.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"recon-test-{uuid.uuid4().hex}",  # required by the client; never joined
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "allow.auto.create.topics": False,
-            "fetch.wait.max.ms": 50,
-            "log_level": 3,
-        }
-    )
+    consumer = eof_consumer(bootstrap, "recon-test")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
         topic_meta = metadata.topics.get(topic)
