@@ -360,7 +360,7 @@ def main() -> None:
             run_baseline(rest[0])
         return
 
-    from runner import stack
+    from runner.local import stack
 
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     state = args.state_dir.resolve()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_models.py --sizes 1000000,5000000 --repeats 3
 
-For each size it seeds PostHog-shaped data with `runner.seed` (fixed seed; 10 teams, one person per 20
+For each size it seeds PostHog-shaped data with `runner.local.seed` (fixed seed; 10 teams, one person per 20
 events, five days of events, the default bug window), then for each mode (single pass and windowed
 with one-hour windows) and each repeat:
 
@@ -65,8 +65,8 @@ def main() -> int:
     os.environ.setdefault("RECON_PROJECT_DIR", str(PROJECT))
     sys.path.insert(0, str(PROJECT))
 
-    from runner import seed as seed_module
     from runner import warehouse
+    from runner.local import seed as seed_module
 
     client = warehouse.client()
     target_path = workdir / "dbt-target"

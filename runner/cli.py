@@ -15,22 +15,42 @@ import click
 from runner import __version__
 from runner.settings import ConfigError
 
-# (module, attribute): each module owns one command or group.
-_COMMANDS = [
-    ("runner.stack", "stack"),
-    ("runner.pg_schema", "db"),
-    ("runner.warehouse_cli", "warehouse"),
-    ("runner.seed", "demo"),
-    ("runner.dbt_cli", "models"),
-    ("runner.apply_cli", "apply"),
-    ("runner.verify", "verify"),
-    ("runner.restore_cli", "restore"),
-    ("runner.schedule", "schedule"),
-    ("runner.report", "report"),
-]
+# Every command, explicitly: name -> (module, attribute). A command's module is imported only when that
+# command runs (or help lists it), so production commands never import the local-only tooling in
+# `runner.local`. A module that is missing or lacks its attribute is an error, never a skipped command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "stack": ("runner.local.stack", "stack"),  # local only
+    "warehouse": ("runner.local.warehouse_cli", "warehouse"),  # local only
+    "demo": ("runner.local.seed", "demo"),  # local only
+    "db": ("runner.pg_schema", "db"),
+    "models": ("runner.dbt_cli", "models"),
+    "apply": ("runner.apply_cli", "apply"),
+    "verify": ("runner.verify", "verify"),
+    "restore": ("runner.restore_cli", "restore"),
+    "schedule": ("runner.schedule", "schedule"),
+    "report": ("runner.report", "report"),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module registered for `name` and return its command; any failure raises."""
+    module_name, attr = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    command = getattr(module, attr, None)
+    if not isinstance(command, click.Command):
+        raise RuntimeError(f"command {name!r}: {module_name}.{attr} is not a click command")
+    return command
 
 
 class RunnerGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        return load_command(cmd_name)
+
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
@@ -66,17 +86,3 @@ def main(log_level: str) -> None:
     )
     for noisy in ("urllib3", "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _register() -> None:
-    for module_name, attr in _COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # command not built yet
-            raise
-        main.add_command(getattr(module, attr))
-
-
-_register()

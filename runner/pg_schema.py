@@ -1,4 +1,4 @@
-"""Postgres schema: PostHog's `posthog_person` (local only) and recon's own tables.
+"""Postgres schema: recon's own tables (PostHog's `posthog_person` DDL is in `runner.local.sources`).
 
 `runner db migrate` creates and upgrades recon's tables idempotently: PostHog's backup table
 (`posthog_person_reconciliation_backup`, spec §2.6), the run ledger and the outbox. It never alters
@@ -13,24 +13,6 @@ import psycopg
 from runner import settings
 from runner.applier import REQUIRED_MIGRATION
 from runner.settings import ConfigError
-
-POSTHOG_PERSON_DDL = """
-CREATE TABLE IF NOT EXISTS posthog_person (
-    id bigserial PRIMARY KEY,
-    created_at timestamptz NOT NULL,
-    properties_last_updated_at jsonb DEFAULT '{}'::jsonb,
-    properties_last_operation jsonb,
-    properties jsonb NOT NULL DEFAULT '{}'::jsonb,
-    is_identified boolean NOT NULL DEFAULT false,
-    uuid uuid NOT NULL,
-    team_id integer NOT NULL,
-    is_user_id integer,
-    version bigint,
-    last_seen_at timestamptz
-);
-CREATE UNIQUE INDEX IF NOT EXISTS posthog_person_team_uuid ON posthog_person (team_id, uuid);
-CREATE INDEX IF NOT EXISTS posthog_person_uuid ON posthog_person (uuid);
-"""
 
 # Ordered migrations of recon's own tables. Append only; never edit an applied one.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -228,12 +210,6 @@ def check_postgres(url: str) -> None:
         raise ConfigError("table posthog_person does not exist in the persons database")
 
 
-def init_local(url: str | None = None) -> None:
-    """Create PostHog's `posthog_person` table (local use only; production already has it)."""
-    with connect(url) as conn:
-        conn.execute(POSTHOG_PERSON_DDL)
-
-
 @click.group("db")
 def db() -> None:
     """Postgres (persons database): recon's tables and, locally, PostHog's person table."""
@@ -252,5 +228,7 @@ def migrate_cmd() -> None:
 @db.command("init-local")
 def init_local_cmd() -> None:
     """Create PostHog's posthog_person table. For local stacks only: recon never alters production's."""
-    init_local()
+    from runner.local.sources import init_posthog_person  # local path only
+
+    init_posthog_person(settings.persons_db_url() or "")
     click.echo("posthog_person ready")

@@ -4,7 +4,7 @@ The whole session uses one state directory and one embedded ClickHouse path (chD
 path per process), set before anything opens the engine. Subprocesses that need their own engine
 must use another path (see `fresh_chdb_path`).
 
-The real local stack (throwaway Postgres + Tansu broker, `runner.stack`) starts once per session in
+The real local stack (throwaway Postgres + Tansu broker, `runner.local.stack`) starts once per session in
 the session state directory, on first use of `stack` (or of `pg_url`, `kafka_bootstrap`, `pg_conn`,
 `clean_pg`), and stops at the end. `runner.settings` finds it through that directory's `stack.json`,
 so code under test needs no environment variables. Kafka helpers are in `kafka_util.py`
@@ -58,7 +58,7 @@ def fresh_chdb_path(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def stack(recon_env: dict[str, str]) -> Iterator[dict[str, Any]]:
     """The local stack (content of stack.json), started once for the session and stopped at its end."""
-    from runner import stack as local_stack
+    from runner.local import stack as local_stack
 
     info = local_stack.up(recon_env["RECON_STATE_DIR"])
     try:

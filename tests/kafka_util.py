@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
-from runner.person_sync import eof_consumer
+from runner.local.person_sync import eof_consumer
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Message]:

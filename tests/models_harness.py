@@ -49,10 +49,10 @@ class ModelsEnv:
         return warehouse.client()
 
     def init_sources(self) -> None:
-        from runner import warehouse
+        from runner.local import sources
 
-        warehouse.init_sources(self.client, self.source_database)
-        for table in warehouse.SOURCE_TABLES:
+        sources.init_sources(self.client, self.source_database)
+        for table in sources.SOURCE_TABLES:
             self.client.command(f"TRUNCATE TABLE {self.source_database}.{table}")
 
     def drop_models(self) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 import psycopg
 from click.testing import CliRunner
 
-from runner import faults, seed
+from runner import faults
 from runner.cli import main
+from runner.local import seed
 
 W0 = seed.DEFAULT_BUG_WINDOW_START
 W1 = seed.DEFAULT_BUG_WINDOW_END

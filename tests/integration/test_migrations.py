@@ -13,6 +13,7 @@ from psycopg import sql
 
 from runner import pg_schema
 from runner.cli import main
+from runner.local import sources
 
 pytestmark = pytest.mark.integration
 
@@ -123,8 +124,8 @@ def test_backup_table_has_posthog_columns(empty_db):
 
 
 def test_init_local_is_idempotent_with_posthog_columns(empty_db):
-    pg_schema.init_local(empty_db)
-    pg_schema.init_local(empty_db)
+    sources.init_posthog_person(empty_db)
+    sources.init_posthog_person(empty_db)
     with psycopg.connect(empty_db) as conn:
         columns = {
             name: (data_type, nullable) for name, data_type, nullable in _columns(conn, "posthog_person")

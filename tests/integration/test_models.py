@@ -5,7 +5,7 @@ database and target schema of this module's own. dbt invocations cost seconds ea
 are grouped into few runs:
 
 - hand-built events covering the edge cases of the spec, both modes;
-- seeded data (`runner.seed`) spanning many windows: both modes against the oracle, built first up to
+- seeded data (`runner.local.seed`) spanning many windows: both modes against the oracle, built first up to
   the end of the bug window and then incrementally up to the end of the data, the two modes against
   each other, re-runs and a simulated crash, more events appended later;
 - the team vars: a build replaces its teams' rows and keeps the others;
@@ -295,7 +295,7 @@ def test_clickhouse_uuid_order_model_of_the_oracle(env: mh.ModelsEnv) -> None:
 
 @pytest.fixture(scope="module")
 def seeded(env: mh.ModelsEnv) -> dict:
-    from runner import seed
+    from runner.local import seed
 
     config = seed.SeedConfig(teams=5, persons=2500, events=60_000, seed=20260107)
     dataset = seed.generate(config)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from runner import warehouse
-from runner.seed import (
+from runner.local.seed import (
     apply_operations,
     clickhouse_fingerprint,
     operations_from_properties,

@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_util import read_topic, read_topic_json
 
 from runner import settings
-from runner import stack as local_stack
 from runner.cli import main
+from runner.local import stack as local_stack
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -25,7 +25,8 @@ from runner.restore_rules import PersonState
 
 
 def test_every_option_shows_its_environment_variable():
-    command = main.commands["restore"]
+    command = main.get_command(click.Context(main), "restore")
+    assert command is not None
     options = [p for p in command.params if isinstance(p, click.Option) and p.name != "help"]
     assert {o.opts[0] for o in options} >= {
         "--job-id", "--strategy", "--team-id", "--person-id", "--person-uuid", "--dry-run",

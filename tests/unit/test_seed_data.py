@@ -10,8 +10,8 @@ from functools import lru_cache
 import pytest
 from click.testing import CliRunner
 
-from runner import seed as seed_mod
-from runner.seed import (
+from runner.local import seed as seed_mod
+from runner.local.seed import (
     BLOCKLIST,
     EVENT_COLUMNS,
     OVERRIDE_COLUMNS,

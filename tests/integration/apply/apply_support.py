@@ -110,9 +110,9 @@ class Diff:
 
 
 def ensure_tables(client: Any) -> None:
-    from runner import warehouse
+    from runner.local import sources
 
-    warehouse.init_sources(client, SOURCE_DB)
+    sources.init_sources(client, SOURCE_DB)
     client.command(f"CREATE DATABASE IF NOT EXISTS {SCHEMA}")
     client.command(DIFF_DDL.format(schema=SCHEMA))
     client.command(SUMMARY_DDL.format(schema=SCHEMA))

@@ -21,7 +21,7 @@ from conftest import create_topic, run_subprocess, seed_subprocess
 from kafka_util import read_topic
 
 from runner import faults, settings
-from runner.stack import find_tansu
+from runner.local.stack import find_tansu
 
 pytestmark = pytest.mark.integration
 

@@ -985,10 +985,11 @@ _INSERT_SETTINGS = {"optimize_on_insert": 0, "date_time_input_format": "basic"}
 def prepare_clickhouse(cli: Any, database: str, reset: bool = True) -> None:
     """Create the source tables if needed; with `reset`, empty them."""
     from runner import warehouse
+    from runner.local import sources
 
-    warehouse.init_sources(cli, database)
+    sources.init_sources(cli, database)
     if reset:
-        for table in warehouse.SOURCE_TABLES:
+        for table in sources.SOURCE_TABLES:
             cli.command(f"TRUNCATE TABLE {warehouse.ident(database)}.{warehouse.ident(table)}")
 
 
@@ -1059,8 +1060,9 @@ class _EventInserter:
 
 def write_postgres(dataset: Dataset, url: str, reset: bool = True) -> None:
     from runner import pg_schema
+    from runner.local import sources
 
-    pg_schema.init_local(url)
+    sources.init_posthog_person(url)
     with pg_schema.connect(url) as conn:
         if reset:
             conn.execute("TRUNCATE posthog_person RESTART IDENTITY")
@@ -1217,10 +1219,11 @@ def seed(
 def clickhouse_fingerprint(cli: Any, database: str | None = None) -> dict[str, tuple[int, int]]:
     """(row count, XOR of row hashes) per source table: equal for identical contents, any row order."""
     from runner import warehouse
+    from runner.local import sources
 
     db = warehouse.ident(database or settings.source_database())
     result = {}
-    for table in warehouse.SOURCE_TABLES:
+    for table in sources.SOURCE_TABLES:
         rows = cli.query(
             f"SELECT count(), groupBitXor(cityHash64(tuple(*))) FROM {db}.{warehouse.ident(table)}"
         ).result_rows

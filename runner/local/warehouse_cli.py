@@ -1,4 +1,4 @@
-"""`runner warehouse ...`: the ClickHouse side (source tables; local person ingestion)."""
+"""`runner warehouse ...` (local only): PostHog's source tables and local ingestion of the person topic."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from runner import settings
 from runner import warehouse as wh
+from runner.local import sources
 
 
 @click.group("warehouse")
@@ -24,7 +25,7 @@ def warehouse_group() -> None:
 )
 def init(source_database: str) -> None:
     """Create PostHog's source tables in ClickHouse (idempotent; for local use)."""
-    tables = wh.init_sources(database=source_database)
+    tables = sources.init_sources(database=source_database)
     click.echo(f"source tables ready in {source_database}: {', '.join(tables)}")
 
 
@@ -56,7 +57,7 @@ def sync_persons(resume: bool, timeout: float) -> None:
     Reads every partition up to its end and inserts each message as a versioned `person` row;
     ingesting a message twice changes nothing (`ReplacingMergeTree(version)`).
     """
-    from runner.person_sync import sync_persons as run_sync
+    from runner.local.person_sync import sync_persons as run_sync
 
     cfg = settings.Settings.load()
     bootstrap = settings.kafka_bootstrap()

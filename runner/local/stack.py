@@ -580,8 +580,9 @@ def _up(state: Path) -> tuple[dict[str, Any], bool]:
         try:
             postgres = _start_postgres(bindir, state)
             from runner import pg_schema
+            from runner.local import sources
 
-            pg_schema.init_local(postgres["url"])
+            sources.init_posthog_person(postgres["url"])
             pg_schema.migrate(postgres["url"])
             kafka = _start_tansu(state, settings.person_topic())
         except BaseException:
