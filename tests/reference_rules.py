@@ -8,7 +8,9 @@ any code or SQL with the dbt models:
 - R5.4-R5.7 operations, values, blocklist, aggregation, with the tie-break the models document (R5.9);
 - R6.4 diff rules, section 7 conflict filter;
 - R8.8 windowed step 1 (affected persons bounded by the bug window);
-- the diff table's batching and the summary counters of docs/contracts.md.
+- the diff table's batching and the summary counters of docs/contracts.md;
+- recon's `semantics: replay` (per-key replay in time order, spec section 17 question 4), event by
+  event, beside the mergeable per-window state the models keep for it.
 
 Where the spec leaves a choice to ClickHouse it is modelled here explicitly:
 
@@ -251,6 +253,7 @@ class Config:
     min_team_id: int | None = None
     max_team_id: int | None = None
     exclude_team_ids: Sequence[int] = ()
+    semantics: str = "original"  # or "replay" (section "replay semantics" below)
 
     @property
     def mode(self) -> str:
@@ -428,6 +431,189 @@ def decide(ops: KeyOps, key: str, state: State) -> Decision:
     return Decision(in_set, in_set_once, in_unset, keep_set, keep_set_once, keep_unset)
 
 
+# --- replay semantics (recon's `semantics: replay`, spec section 17 question 4) ---------------------
+#
+# Per person and key, the operations since W0 are applied in replay order to the current ClickHouse
+# state: SET overwrites (absent keys included), SET_ONCE sets only when the key is absent at that point,
+# UNSET removes. Replay order: timestamp, then kind (SET_ONCE, SET, UNSET: the order in which PostHog's
+# ingestion applies one event's `$set_once`, `$set` and `$unset`, and R7's "UNSET wins ties"), then
+# R5.9's event uuid (ClickHouse order), position and value.
+#
+# `replay_key` below is the per-event definition (the oracle). `ReplayState` is the mergeable state
+# the models keep per window instead; `test_reference_rules.py` proves that both give the same result.
+
+REPLAY_RANK = {SET_ONCE: 0, SET: 1, UNSET: 2}
+
+
+def replay_order(op: Operation) -> tuple:
+    return (
+        op.timestamp,
+        REPLAY_RANK[op.kind],
+        ch_uuid_key(op.event_uuid),
+        op.position,
+        (op.value or "").encode(),
+    )
+
+
+def replay_key(ops: Iterable[Operation], before: str | None) -> tuple[str | None, Operation | None]:
+    """Per-event replay of one key's operations onto `before` (raw value, None = absent): the final
+    value and the operation that produced it (None when no operation changed the starting state)."""
+    value, source = before, None
+    for op in sorted(ops, key=replay_order):
+        if op.kind == SET:
+            value, source = op.value, op
+        elif op.kind == SET_ONCE:
+            if value is None:
+                value, source = op.value, op
+        else:
+            value, source = None, op
+    return value, source
+
+
+@dataclass(frozen=True)
+class ReplayWrite:
+    """The latest SET or UNSET of a part, in replay order (`rank` 1 = SET, 2 = UNSET)."""
+
+    timestamp: datetime
+    rank: int
+    uuid: tuple[int, int]
+    position: int
+    value: str  # "" for UNSET
+
+    def order(self) -> tuple:
+        return (self.timestamp, self.rank, self.uuid, self.position, self.value.encode())
+
+
+@dataclass(frozen=True)
+class ReplayOnce:
+    """A SET_ONCE, ordered as R5.9 orders SET_ONCEs (they all share the replay rank 0)."""
+
+    timestamp: datetime
+    uuid: tuple[int, int]
+    position: int
+    value: str
+
+    def order(self) -> tuple:
+        return (self.timestamp, self.uuid, self.position, self.value.encode())
+
+
+def _earliest(a: ReplayOnce | None, b: ReplayOnce | None) -> ReplayOnce | None:
+    if a is None or b is None:
+        return a or b
+    return a if a.order() <= b.order() else b
+
+
+@dataclass
+class ReplayState:
+    """What one part (a window, or a slice of one) keeps per (person, key) for the replay result:
+
+    - `last_write`: its latest SET or UNSET (kind, value, tie-break);
+    - `first_once`: its first SET_ONCE overall;
+    - `first_once_after`: its first SET_ONCE after `last_write` (None when it has no write: then
+      `first_once` plays that part).
+
+    A SET_ONCE at the timestamp of a write comes before it (rank 0), so "after" means a strictly
+    later timestamp."""
+
+    last_write: ReplayWrite | None = None
+    first_once: ReplayOnce | None = None
+    first_once_after: ReplayOnce | None = None
+
+    @classmethod
+    def of(cls, ops: Iterable[Operation]) -> ReplayState:
+        state = cls()
+        ordered = sorted(ops, key=replay_order)
+        for op in ordered:
+            if op.kind == SET_ONCE:
+                once = ReplayOnce(op.timestamp, ch_uuid_key(op.event_uuid), op.position, op.value or "")
+                state.first_once = _earliest(state.first_once, once)
+                if state.last_write is not None:
+                    state.first_once_after = _earliest(state.first_once_after, once)
+            else:
+                state.last_write = ReplayWrite(
+                    op.timestamp,
+                    REPLAY_RANK[op.kind],
+                    ch_uuid_key(op.event_uuid),
+                    op.position,
+                    op.value or "",
+                )
+                state.first_once_after = None
+        return state
+
+    def then(self, later: ReplayState) -> ReplayState:
+        """Merge with the state of a part whose operations all come later in replay order."""
+        if later.last_write is not None:
+            return ReplayState(
+                later.last_write, _earliest(self.first_once, later.first_once), later.first_once_after
+            )
+        after = None
+        if self.last_write is not None:
+            after = self.first_once_after or later.first_once
+        return ReplayState(self.last_write, _earliest(self.first_once, later.first_once), after)
+
+    def result(self, before: str | None) -> tuple[str | None, str | None, datetime | None]:
+        """(final raw value or None, kind of the operation it comes from, its timestamp); kind and
+        timestamp are None when the starting state is kept."""
+        write = self.last_write
+        if write is None:
+            if before is not None or self.first_once is None:
+                return before, None, None
+            return self.first_once.value, SET_ONCE, self.first_once.timestamp
+        if write.rank == REPLAY_RANK[SET]:
+            return write.value, SET, write.timestamp
+        if self.first_once_after is not None:
+            return self.first_once_after.value, SET_ONCE, self.first_once_after.timestamp
+        return None, UNSET, write.timestamp
+
+
+def replay_from_parts(parts: Iterable[ReplayState]) -> ReplayState:
+    """The models' order-free read of many parts (macros: max / min / candidates filtered by the
+    latest write): exact when the parts are ordered in time (disjoint windows and slices) or are
+    copies or time-prefixes of one another (a slice inserted twice), which is how the models build
+    them. `then` is the ordered merge this must equal."""
+    parts = list(parts)
+    writes = [p.last_write for p in parts if p.last_write is not None]
+    last = max(writes, key=ReplayWrite.order) if writes else None
+    first = None
+    for part in parts:
+        first = _earliest(first, part.first_once)
+    after = None
+    if last is not None:
+        for part in parts:
+            candidate = part.first_once_after if part.last_write is not None else part.first_once
+            if candidate is not None and candidate.timestamp > last.timestamp:
+                after = _earliest(after, candidate)
+    return ReplayState(last, first, after)
+
+
+def replay_entry(
+    key: str, final: str | None, kind: str | None, at: datetime | None, state: State
+) -> tuple[str, str, datetime] | None:
+    """The diff entry of one replayed key: (kind, value, timestamp) or None when nothing changes.
+    A value that comes from a SET_ONCE goes to the SET map when the key is present now (it must
+    overwrite), to the SET_ONCE map when absent."""
+    current = state.keys.get(key)
+    if kind is None or at is None:
+        return None
+    if final is None:
+        return (UNSET, "", at) if current is not None else None
+    if current is not None and not values_differ(final, current):
+        return None
+    if kind == SET_ONCE and current is None:
+        return (SET_ONCE, final, at)
+    return (SET, final, at)
+
+
+def replay_changes(key: str, ops: list[Operation], state: State) -> tuple[str, str, datetime] | None:
+    """The replay diff entry of one key, by per-event replay (the oracle's own path)."""
+    if not ops:
+        return None
+    final, source = replay_key(ops, state.keys.get(key))
+    if source is None:
+        return None
+    return replay_entry(key, final, source.kind, source.timestamp, state)
+
+
 # --- the whole computation --------------------------------------------------------------------------
 
 
@@ -475,6 +661,8 @@ def compute(
     discovered: set[int] = set()
     all_ops: dict[tuple[int, UUID], dict[str, KeyOps]] = defaultdict(lambda: defaultdict(KeyOps))
     window_ops: dict[tuple[int, UUID], dict[str, KeyOps]] = defaultdict(lambda: defaultdict(KeyOps))
+    # replay: every operation, per person and key (whether it is inside [W0, W1) is its timestamp)
+    op_lists: dict[tuple[int, UUID], dict[str, list[Operation]]] = defaultdict(lambda: defaultdict(list))
 
     for event in events:
         if not config.selects_team(event.team_id) or not (w0 <= event.timestamp < now):
@@ -492,6 +680,7 @@ def compute(
             person = overrides_by_id[(event.team_id, event.distinct_id)]
         for op in reading.operations:
             all_ops[(event.team_id, person)][op.key].add(op)
+            op_lists[(event.team_id, person)][op.key].append(op)
             if event.timestamp < w1:
                 window_ops[(event.team_id, person)][op.key].add(op)
 
@@ -502,7 +691,13 @@ def compute(
         team_id, _ = slot
         if team_id not in discovered or slot not in states:
             continue
-        if config.mode == "windowed":
+        if config.mode == "windowed" and config.semantics == "replay":
+            if any(
+                replay_changes(key, [op for op in ops if op.timestamp < w1], states[slot]) is not None
+                for key, ops in op_lists[slot].items()
+            ):
+                result.affected.add(slot)
+        elif config.mode == "windowed":
             bounded = window_ops.get(slot, {})
             if any(
                 d.in_set or d.in_set_once or d.in_unset
@@ -516,14 +711,25 @@ def compute(
     for slot in result.affected:
         state = states[slot]
         sets, set_onces, unsets = [], [], []
-        for key, ops in all_ops[slot].items():
-            d = decide(ops, key, state)
-            if d.keep_set:
-                sets.append((key, ops.last_set[3].decode(), ops.last_set[0]))
-            if d.keep_set_once:
-                set_onces.append((key, ops.first_set_once[3].decode(), ops.first_set_once[0]))
-            if d.keep_unset:
-                unsets.append((key, ops.last_unset))
+        if config.semantics == "replay":
+            for key, key_ops in op_lists[slot].items():
+                entry = replay_changes(key, key_ops, state)
+                if entry is None:
+                    continue
+                kind, value, at = entry
+                if kind == UNSET:
+                    unsets.append((key, at))
+                else:
+                    (sets if kind == SET else set_onces).append((key, value, at))
+        else:
+            for key, ops in all_ops[slot].items():
+                d = decide(ops, key, state)
+                if d.keep_set:
+                    sets.append((key, ops.last_set[3].decode(), ops.last_set[0]))
+                if d.keep_set_once:
+                    set_onces.append((key, ops.first_set_once[3].decode(), ops.first_set_once[0]))
+                if d.keep_unset:
+                    unsets.append((key, ops.last_unset))
         if sets or set_onces or unsets:
             key_order = lambda entry: entry[0].encode()  # noqa: E731
             rows[slot[0]].append(
