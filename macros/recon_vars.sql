@@ -14,6 +14,7 @@
     person_batch_size                      integer >= 1
     source_database                        ClickHouse identifier
     mode                                   'single_pass' (window_seconds = 0) or 'windowed'
+    semantics                              'original' (the original job's per-key rules) or 'replay'
 -#}
 
 {% macro recon_vars() %}
@@ -23,7 +24,8 @@
         'bug_window_start': '2000-01-01 00:00:00', 'bug_window_end': '2000-01-02 00:00:00',
         'now': '2000-01-03 00:00:00', 'team_ids': [], 'exclude_team_ids': [],
         'min_team_id': none, 'max_team_id': none, 'window_seconds': 0, 'grid_seconds': 0,
-        'person_batch_size': 10000, 'source_database': 'posthog', 'mode': 'single_pass'}) }}
+        'person_batch_size': 10000, 'source_database': 'posthog', 'mode': 'single_pass',
+        'semantics': 'original'}) }}
   {%- endif -%}
   {{ return(recon_check_vars({
       'bug_window_start': var('bug_window_start', none),
@@ -36,6 +38,7 @@
       'window_seconds': var('window_seconds', 0),
       'person_batch_size': var('person_batch_size', 10000),
       'source_database': var('source_database', 'posthog'),
+      'semantics': var('semantics', 'original'),
   })) }}
 {% endmacro %}
 
@@ -73,13 +76,21 @@
     {{ exceptions.raise_compiler_error("var source_database: " ~ recon_show(source_database) ~ " is not a plain ClickHouse database name (letters, digits and underscores, not starting with a digit)") }}
   {%- endif -%}
 
+  {%- set semantics = raw.get('semantics', 'original') -%}
+  {%- if semantics is none or (semantics is string and semantics | trim == '') -%}
+    {%- set semantics = 'original' -%}
+  {%- endif -%}
+  {%- if semantics not in ['original', 'replay'] -%}
+    {{ exceptions.raise_compiler_error("var semantics: " ~ recon_show(semantics) ~ " is not one of 'original' (the original job's per-key rules, the default) or 'replay' (each key's operations replayed in time order)") }}
+  {%- endif -%}
+
   {{ return({
       'bug_window_start': start, 'bug_window_end': end, 'now': now,
       'team_ids': team_ids, 'exclude_team_ids': exclude_team_ids,
       'min_team_id': min_team_id, 'max_team_id': max_team_id,
       'window_seconds': window_seconds, 'grid_seconds': window_seconds,
       'person_batch_size': person_batch_size, 'source_database': source_database,
-      'mode': 'windowed' if window_seconds > 0 else 'single_pass'}) }}
+      'mode': 'windowed' if window_seconds > 0 else 'single_pass', 'semantics': semantics}) }}
 {% endmacro %}
 
 
@@ -185,7 +196,11 @@
 {% macro recon_validate_vars() %}
   {%- if execute and flags.WHICH in ('run', 'build', 'compile', 'show') -%}
     {%- set v = recon_vars() -%}
-    {{ log("recon: mode=" ~ v['mode'] ~ " bug window [" ~ v['bug_window_start'] ~ ", " ~ v['bug_window_end'] ~ ") now=" ~ v['now'], info=true) }}
+    {%- if v['semantics'] == 'replay' -%}
+      {#- until the models compute the replay (issue 14): never label an original diff as replay -#}
+      {{ exceptions.raise_compiler_error("var semantics: 'replay' is not computed by the models yet; use 'original' (the default)") }}
+    {%- endif -%}
+    {{ log("recon: mode=" ~ v['mode'] ~ " semantics=" ~ v['semantics'] ~ " bug window [" ~ v['bug_window_start'] ~ ", " ~ v['bug_window_end'] ~ ") now=" ~ v['now'], info=true) }}
   {%- endif -%}
   select 1
 {% endmacro %}

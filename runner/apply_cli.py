@@ -60,6 +60,11 @@ def person_line(result: PersonResult) -> dict[str, Any]:
     }
 
 
+def semantics_of(teams: Sequence[diffs.TeamSummary]) -> str:
+    """The diff's `semantics` var (teams kept from other builds may differ: all of them, joined)."""
+    return "+".join(sorted({t.semantics for t in teams})) or "original"
+
+
 def summary_line(run: RunResult) -> dict[str, Any]:
     return {
         "type": "summary",
@@ -90,12 +95,13 @@ class JsonSink:
 
     def __init__(self, out: IO[str]):
         self.out = out
+        self._semantics = "original"
         self._staged: Any = tempfile.SpooledTemporaryFile(
             max_size=32 * 1024 * 1024, mode="w+", encoding="utf-8"
         )
 
     def run_started(self, job_id: str, dry_run: bool, teams: Sequence[diffs.TeamSummary]) -> None:
-        pass
+        self._semantics = semantics_of(teams)
 
     def stage(self, result: PersonResult) -> None:
         self._staged.write(json.dumps(person_line(result)))
@@ -123,7 +129,7 @@ class JsonSink:
         pass
 
     def run_finished(self, run: RunResult) -> None:
-        self.out.write(json.dumps(summary_line(run)) + "\n")
+        self.out.write(json.dumps({**summary_line(run), "semantics": self._semantics}) + "\n")
         self.out.flush()
 
 
@@ -147,7 +153,7 @@ class HumanSink:
     def run_started(self, job_id: str, dry_run: bool, teams: Sequence[diffs.TeamSummary]) -> None:
         self._dry_run = dry_run
         mode = "dry run, nothing will be written" if dry_run else "apply"
-        self.out.write(f"job {job_id} ({mode}): {len(teams)} teams\n")
+        self.out.write(f"job {job_id} ({mode}): {len(teams)} teams, semantics {semantics_of(teams)}\n")
         self.out.flush()
         if self.progress:
             total = sum(t.persons_with_diff for t in teams)

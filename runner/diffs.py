@@ -68,6 +68,7 @@ class TeamSummary:
     persons_with_diff: int
     mode: str
     invocation_id: str
+    semantics: str = "original"  # the build's `semantics` var (summaries built before it: original)
 
 
 def _table_exists(client: Client, schema: str, table: str) -> bool:
@@ -85,15 +86,21 @@ def read_team_summaries(client: Client, schema: str) -> list[TeamSummary]:
             raise ConfigError(
                 f"{schema}.{table} does not exist: compute the diff first (dbt run with the bug window vars)"
             )
+    has_semantics = client.query(
+        "SELECT count() FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+        "AND name = 'semantics'",
+        parameters={"db": schema, "t": SUMMARY_TABLE},
+    ).result_rows[0][0]
+    semantics = "any(semantics)" if has_semantics else "'original'"
     rows = client.query(
         f"""
-        SELECT team_id, max(persons_with_diff), any(mode), any(invocation_id)
+        SELECT team_id, max(persons_with_diff), any(mode), any(invocation_id), {semantics}
         FROM {ident(schema)}.{ident(SUMMARY_TABLE)}
         GROUP BY team_id
         ORDER BY team_id
         """
     ).result_rows
-    return [TeamSummary(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+    return [TeamSummary(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
 
 def iter_team_diffs(client: Client, schema: str, team_id: int, page_size: int) -> Iterator[PersonDiff]:

@@ -321,7 +321,7 @@ def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     help="The original sensor cursor as a JSON file: team_ids or range_start/range_end, chunk_size, "
     "max_concurrent_jobs (<= 50), max_concurrent_tasks (<= 100), bug_window_start/end, dry_run, "
     "backup_enabled, batch_size, teams_per_chunk, team_ch_props_fetch_window_seconds, person_batch_size, "
-    "exclude_team_ids. Unknown fields are ignored.",
+    "exclude_team_ids, semantics (original or replay). Unknown fields are ignored.",
 )
 @click.option(
     "--team-ids-from",
@@ -398,6 +398,7 @@ def schedule(
                 "dry_run": config.dry_run,
                 "selection": config.selection(),
                 "diff_mode": config.diff_mode,
+                "semantics": config.semantics,
                 "chunks": len(chunks),
                 "finished_before": len(chunks) - len(pending),
                 "to_run": len(pending),
@@ -405,7 +406,7 @@ def schedule(
                 "note": engine_note(targets, config),
             },
             f"schedule {sid}{' (dry run: nothing will be written)' if config.dry_run else ''}: "
-            f"{config.selection()}, {config.diff_mode} diff, bug window "
+            f"{config.selection()}, {config.diff_mode} diff ({config.semantics} semantics), bug window "
             f"[{config.bug_window_start}, {config.bug_window_end})\n"
             f"{_plural(len(chunks), 'chunk')} of up to "
             f"{_plural(config.chunk_size, 'team id' if config.by_range else 'team')}: "

@@ -69,6 +69,7 @@ KNOWN_FIELDS = frozenset(
         "team_ch_props_fetch_window_seconds",
         "person_batch_size",
         "persons_db_env_var",
+        "semantics",
         "next_team_index",
         "next_chunk_start",
     }
@@ -84,7 +85,7 @@ Example (team id range, inclusive):
    "bug_window_end": "2026-01-07 14:52:00"}
 Common optional fields: dry_run (false), backup_enabled (true), batch_size (100), teams_per_chunk (100),
 team_ch_props_fetch_window_seconds (0 = single pass, > 0 = windowed), person_batch_size (10000),
-exclude_team_ids ([])."""
+exclude_team_ids ([]), semantics ("original" or "replay", see dbt_project.yml)."""
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class ScheduleConfig:
     window_seconds: int = 0
     person_batch_size: int = DEFAULT_PERSON_BATCH_SIZE
     persons_db_env_var: str = DEFAULT_PERSONS_DB_ENV_VAR
+    semantics: str = "original"
     next_team_index: int | None = None
     next_chunk_start: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -137,7 +139,7 @@ class ScheduleConfig:
     def identity(self) -> dict[str, Any]:
         """What the schedule computes (teams, window, mode, chunking). Caps, batch sizes, dry_run and
         progress fields may change between invocations of one schedule."""
-        return {
+        identity: dict[str, Any] = {
             "team_ids": list(self.team_ids) if self.team_ids is not None else None,
             "range": [self.range_start, self.range_end] if self.by_range else None,
             "exclude_team_ids": sorted(self.exclude_team_ids),
@@ -146,6 +148,9 @@ class ScheduleConfig:
             "window_seconds": self.window_seconds,
             "person_batch_size": self.person_batch_size,
         }
+        if self.semantics != "original":  # schedules of the default keep their ids
+            identity["semantics"] = self.semantics
+        return identity
 
     def schedule_id(self) -> str:
         """Derived from `identity()`, so that invoking the same file again resumes the schedule."""
@@ -177,6 +182,8 @@ class ScheduleConfig:
         )
         if self.exclude_team_ids:
             cursor["exclude_team_ids"] = list(self.exclude_team_ids)
+        if self.semantics != "original":
+            cursor["semantics"] = self.semantics
         if self.next_team_index is not None:
             cursor["next_team_index"] = self.next_team_index
         if self.next_chunk_start is not None:
@@ -311,6 +318,9 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
     env_var = cursor.get("persons_db_env_var", DEFAULT_PERSONS_DB_ENV_VAR)
     if not isinstance(env_var, str) or not env_var:
         raise ConfigError(f"persons_db_env_var must name an environment variable, got {env_var!r}")
+    semantics = cursor.get("semantics") or "original"
+    if semantics not in ("original", "replay"):
+        raise ConfigError(f"semantics must be 'original' or 'replay', got {semantics!r}")
     next_team_index = _int(cursor, "next_team_index")
     next_chunk_start = _int(cursor, "next_chunk_start")
     if next_team_index is not None and next_team_index < 0:
@@ -332,6 +342,7 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
         window_seconds=max(0, window_seconds),
         person_batch_size=person_batch_size,
         persons_db_env_var=env_var,
+        semantics=semantics,
         next_team_index=next_team_index,
         next_chunk_start=next_chunk_start,
         extra={k: v for k, v in cursor.items() if k not in KNOWN_FIELDS},
@@ -447,7 +458,7 @@ class Chunk:
         )
         if config.exclude_team_ids:
             selection["exclude_team_ids"] = list(config.exclude_team_ids)
-        return {
+        settings = {
             **selection,
             "bug_window_start": config.bug_window_start,
             "bug_window_end": config.bug_window_end,
@@ -458,6 +469,9 @@ class Chunk:
             "team_ch_props_fetch_window_seconds": config.window_seconds,
             "person_batch_size": config.person_batch_size,
         }
+        if config.semantics != "original":
+            settings["semantics"] = config.semantics
+        return settings
 
     def dbt_vars(self, config: ScheduleConfig, source_database: str | None = None) -> dict[str, Any]:
         """The vars of this chunk's dbt build (see dbt_project.yml)."""
@@ -473,6 +487,8 @@ class Chunk:
             dbt_vars["min_team_id"], dbt_vars["max_team_id"] = self.min_team_id, self.max_team_id
         if config.exclude_team_ids:
             dbt_vars["exclude_team_ids"] = list(config.exclude_team_ids)
+        if config.semantics != "original":
+            dbt_vars["semantics"] = config.semantics
         if source_database:
             dbt_vars["source_database"] = source_database
         return dbt_vars

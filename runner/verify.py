@@ -15,6 +15,8 @@ as it is), then checks every person the job updated (its outbox rows):
   2–4): they add a key a later unset removes, remove one a later set re-added, or fill an absent key
   with the SET_ONCE value and only see the later SET once the key exists, so a recomputed diff can list
   such keys again (and alternate between runs).
+  Under `semantics: replay` there is no such class: a replayed diff is a fixed point (once applied and
+  ingested, the next build lists the person no more), so anything left is `differs`.
 - `not_ingested`: ClickHouse has not got the job's version yet (run `runner warehouse sync-persons`
   locally; in production, wait for ingestion).
 - `differs`: still in the diff at the job's version for any other reason.
@@ -38,7 +40,7 @@ import yaml  # type: ignore[import-untyped]
 
 from runner import options, settings
 from runner import warehouse as wh
-from runner.diffs import DIFF_TABLE
+from runner.diffs import DIFF_TABLE, read_team_summaries
 from runner.merge import json_equal
 from runner.settings import ConfigError
 from runner.warehouse import ident
@@ -173,7 +175,15 @@ def _artifact_only(remaining: dict, state_text: str, touched: dict[str, set[str]
     return all(key in touched for key in [*remaining["set_once"], *remaining["unset"]])
 
 
-def check_job(conn: psycopg.Connection, client: Any, job_id: str, source_db: str, schema: str) -> Verdict:
+def check_job(
+    conn: psycopg.Connection,
+    client: Any,
+    job_id: str,
+    source_db: str,
+    schema: str,
+    replay_teams: frozenset[int] = frozenset(),
+) -> Verdict:
+    """`replay_teams`: teams whose diff was built with `semantics: replay` (no rule artifacts there)."""
     verdict = Verdict()
     for page in _job_pages(conn, job_id):
         latest: dict[tuple[int, UUID], int] = {}
@@ -208,7 +218,7 @@ def check_job(conn: psycopg.Connection, client: Any, job_id: str, source_db: str
                 klass = "changed_since"
             elif ch_version > job_version:
                 klass = "postgres_behind"
-            elif _artifact_only(remaining, ch_properties, touched.get(key)):
+            elif key[0] not in replay_teams and _artifact_only(remaining, ch_properties, touched.get(key)):
                 klass = "rule_artifact"
             else:
                 klass = "differs"
@@ -271,19 +281,29 @@ def verify(job_id: str, dbt_vars: str | None, dbt_select: str | None, recompute:
             log.info("Recomputing the diff with dbt (vars: %s)", parsed_vars or {})
             run_dbt("run", parsed_vars, ["--select", dbt_select] if dbt_select else None)
         client = wh.client(cfg.clickhouse_url)
-        verdict = check_job(conn, client, job_id, cfg.source_database, cfg.target_schema)
+        summaries = read_team_summaries(client, cfg.target_schema)
+        replay_teams = frozenset(t.team_id for t in summaries if t.semantics == "replay")
+        semantics = "+".join(sorted({t.semantics for t in summaries})) or "original"
+        verdict = check_job(conn, client, job_id, cfg.source_database, cfg.target_schema, replay_teams)
     report = {
         "type": "verify",
         "job_id": job_id,
         "job_status": row[1],
         "recomputed": recompute,
+        "semantics": semantics,
         **{klass: verdict.counts.get(klass, 0) for klass in CLASSES},
         "samples": verdict.samples,
     }
     if output == "json":
         click.echo(json.dumps(report))
     else:
-        click.echo(f"job {job_id} ({row[1]}): {sum(verdict.counts.values())} persons updated by the job")
+        click.echo(
+            f"job {job_id} ({row[1]}): {sum(verdict.counts.values())} persons updated by the job, "
+            f"diff recomputed with semantics {semantics}"
+            if recompute
+            else f"job {job_id} ({row[1]}): {sum(verdict.counts.values())} persons updated by the job, "
+            f"diff table semantics {semantics}"
+        )
         for klass in CLASSES:
             click.echo(f"  {klass:<14}{verdict.counts.get(klass, 0):>10}")
         for klass in ("differs", "not_ingested", "rule_artifact", "postgres_behind", "changed_since"):

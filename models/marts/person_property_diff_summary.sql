@@ -58,6 +58,7 @@ diffs as (
 select
     discovered.team_id as team_id,
     {{ recon_literal(v['mode'], 'string') }} as mode,
+    {{ recon_literal(v['semantics'], 'string') }} as semantics,
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     toUInt64(counters.events_scanned) as events_scanned,
@@ -73,5 +74,6 @@ left join counters on discovered.team_id = counters.team_id
 left join affected on discovered.team_id = affected.team_id
 left join diffs on discovered.team_id = diffs.team_id
 {{ recon_keep_other_teams(
-    'team_id, mode, bug_window_start, bug_window_end, events_scanned, operations, malformed_events, '
-    ~ 'persons_affected, persons_with_diff, batches, computed_at, invocation_id') }}
+    'team_id, mode, semantics, bug_window_start, bug_window_end, events_scanned, operations, malformed_events, '
+    ~ 'persons_affected, persons_with_diff, batches, computed_at, invocation_id',
+    added={'semantics': "'original'"}) }}

@@ -93,6 +93,7 @@ class ReconciliationRunConfig(DagsterConfig):
     team_ch_props_fetch_window_seconds: int = 0
     person_batch_size: int = scheduling.DEFAULT_PERSON_BATCH_SIZE
     persons_db_env_var: str = scheduling.DEFAULT_PERSONS_DB_ENV_VAR
+    semantics: str = "original"
     chunk_label: str | None = None
 
 
@@ -111,6 +112,7 @@ def chunk_of_run(run: dict[str, Any]) -> tuple[ScheduleConfig, Chunk]:
             "team_ch_props_fetch_window_seconds",
             "person_batch_size",
             "persons_db_env_var",
+            "semantics",
         )
         if run.get(key) is not None
     }

@@ -27,6 +27,7 @@ GOOD = {
     "window_seconds": 0,
     "person_batch_size": 10000,
     "source_database": "posthog",
+    "semantics": "original",
 }
 
 
@@ -75,6 +76,9 @@ def check(env: mh.ModelsEnv, **changes: object) -> tuple[bool, str]:
         ({"person_batch_size": 0}, "var person_batch_size: 0 is negative or too small (minimum 1)"),
         ({"person_batch_size": True}, "var person_batch_size: true is not an integer"),
         ({"source_database": "posthog`; DROP DATABASE recon"}, "var source_database"),
+        ({"semantics": "Replay"}, "var semantics: \"Replay\" is not one of 'original'"),
+        ({"semantics": "replay' OR 1=1"}, "var semantics"),
+        ({"semantics": ["replay"]}, "var semantics"),
     ],
 )
 def test_bad_vars_are_rejected_with_the_var_named(env: mh.ModelsEnv, changes: dict, message: str) -> None:
@@ -94,6 +98,8 @@ def test_good_vars_pass_in_every_accepted_form(env: mh.ModelsEnv) -> None:
         window_seconds="3600",
         now="2026-01-20 00:00:00",
     ) == (True, "")
+    assert check(env, semantics="replay") == (True, "")
+    assert check(env, semantics=None) == (True, "")  # unset: the default, original
 
 
 def test_a_bad_var_stops_dbt_run_before_any_model(env: mh.ModelsEnv, tmp_path: Path) -> None:

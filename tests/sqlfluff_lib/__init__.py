@@ -13,6 +13,7 @@ def recon_vars() -> dict:
         "person_batch_size": 10000,
         "grid_seconds": 0,
         "now": "2026-01-20 00:00:00",
+        "semantics": "original",
     }
 
 
@@ -44,7 +45,7 @@ def recon_blocklist_sql() -> str:
     return "['$browser', '$os']"
 
 
-def recon_keep_other_teams(columns: str) -> str:
+def recon_keep_other_teams(columns: str, added: dict | None = None) -> str:
     return ""
 
 

@@ -316,3 +316,18 @@ def test_team_ids_from_the_reports_csv(tmp_path: Path, caplog):
         scheduling.read_team_ids_csv(bad)
     with pytest.raises(ConfigError, match="cannot read team ids"):
         scheduling.read_team_ids_csv(tmp_path / "missing.csv")
+
+
+def test_semantics_is_accepted_and_reaches_dbt_and_the_schedule_id():
+    default = config(range_start=1, range_end=10)
+    replay = config(range_start=1, range_end=10, semantics="replay")
+    assert default.semantics == "original" and replay.semantics == "replay"
+    assert "semantics" not in plan_chunks(default)[0].dbt_vars(default)  # dbt's default: original
+    assert plan_chunks(replay)[0].dbt_vars(replay)["semantics"] == "replay"
+    assert plan_chunks(replay)[0].run_settings(replay)["semantics"] == "replay"
+    assert replay.to_cursor()["semantics"] == "replay"
+    assert replay.schedule_id() != default.schedule_id()  # a different computation, its own progress
+    assert config(range_start=1, range_end=10, semantics="original").schedule_id() == default.schedule_id()
+    for bad in ("Replay", 1, ["replay"]):
+        with pytest.raises(ConfigError, match="semantics must be 'original' or 'replay'"):
+            config(range_start=1, range_end=10, semantics=bad)

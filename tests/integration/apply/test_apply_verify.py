@@ -83,3 +83,43 @@ def test_sync_persons_then_verify(env, run_apply):
 def test_verify_unknown_job_exits_2(env):
     result = invoke("verify", "--job-id", "nope", "--no-recompute")
     assert result.exit_code == 2 and "no job 'nope'" in result.stderr
+
+
+def test_replay_semantics_shown_and_verify_counts_no_rule_artifacts(env, run_apply):
+    """A diff built with `semantics: replay` is a fixed point, so whatever the recomputed diff still
+    lists for a person the job repaired is `differs`, never `rule_artifact`."""
+    ch = env["ch"]
+    ch.command(
+        "ALTER TABLE recon.person_property_diff_summary "
+        "ADD COLUMN IF NOT EXISTS semantics String DEFAULT 'original' AFTER mode"
+    )
+    person = PERSONS[0]
+    insert_ch_persons(ch, [(1, person, {"plan": "free"}, 3)])
+    insert_pg_person(env["pg"], 1, person, {"plan": "free"}, 3)
+    insert_diffs(ch, [Diff(1, person, 3, set={"plan": ('"paid"', TS)})])
+    insert_summary(ch, {1: 1})
+    ch.command(
+        "ALTER TABLE recon.person_property_diff_summary UPDATE semantics = 'replay' WHERE 1 "
+        "SETTINGS mutations_sync = 2"
+    )
+
+    dry = run_apply("--job-id", "job-replay", "--dry-run")
+    assert "job job-replay (dry run, nothing will be written): 1 teams, semantics replay" in dry.stdout
+    applied = run_apply("--job-id", "job-replay", "--output", "json")
+    assert applied.exit_code == 0 and applied.summary()["semantics"] == "replay"
+    assert invoke("warehouse", "sync-persons").exit_code == 0
+
+    # The same leftover the original rules would call an artifact (a SET of the value the person holds)
+    ch.command("TRUNCATE TABLE recon.person_property_diff")
+    insert_diffs(ch, [Diff(1, person, 4, set={"plan": ('"paid"', TS)})])
+    result = invoke("verify", "--job-id", "job-replay", "--no-recompute", "--output", "json")
+    report = json.loads(result.stdout)
+    assert report["semantics"] == "replay"
+    assert (report["rule_artifact"], report["differs"]) == (0, 1)
+    assert result.exit_code == 1
+
+    ch.command("TRUNCATE TABLE recon.person_property_diff")
+    final = invoke("verify", "--job-id", "job-replay", "--no-recompute")
+    assert final.exit_code == 0, final.stdout
+    assert "diff table semantics replay" in final.stdout
+    assert "rule_artifact          0" in final.stdout
