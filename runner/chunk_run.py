@@ -64,10 +64,13 @@ class Targets:
 
     @classmethod
     def resolve(cls, config: ScheduleConfig) -> Targets:
+        found = settings.targets(config.persons_db_env_var)  # all production settings or none
+        if not config.dry_run and not found.kafka:
+            settings.kafka_bootstrap()  # raises, naming what to set
         return cls(
-            clickhouse_url=settings.clickhouse_url(),
+            clickhouse_url=found.clickhouse,
             pg_url=persons_db_url(config),
-            kafka_bootstrap=None if config.dry_run else settings.kafka_bootstrap(),
+            kafka_bootstrap=None if config.dry_run else found.kafka,
             topic=settings.person_topic(),
             source_database=settings.source_database(),
             target_schema=settings.target_schema(),

@@ -1,19 +1,26 @@
 """The `runner` command line.
 
 Exit codes (all commands): 0 success; 1 the work ran but at least one team failed (or, for `verify`,
-differences remain); 2 bad usage or configuration, nothing written.
+differences remain), or an unexpected error (one line; `--debug` shows the traceback); 2 bad usage or
+configuration, nothing written.
+
+Everything the process prints goes through `runner.redact` (passwords masked), and every command that
+uses the stores first prints on stderr which Postgres, Kafka and ClickHouse they are.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
 
-from runner import __version__
+from runner import __version__, redact, settings
 from runner.settings import ConfigError
+
+ENV_DEBUG = "RECON_DEBUG"
 
 # Every command, explicitly: name -> (module, attribute). A command's module is imported only when that
 # command runs (or help lists it), so production commands never import the local-only tooling in
@@ -30,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("runner.schedule", "schedule"),
     "report": ("runner.report", "report"),
 }
+# Commands that print their targets themselves (`schedule`: the Postgres variable is in its config) or
+# use none (`stack`).
+_NO_TARGET_LINE = {"stack", "schedule"}
 
 
 def load_command(name: str) -> click.Command:
@@ -51,12 +61,36 @@ class RunnerGroup(click.Group):
             return None
         return load_command(cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in _NO_TARGET_LINE and not ctx.resilient_parsing and not _asks_help(rest):
+            # Resolving checks the targets (partial production settings exit 2 here, before any work).
+            click.echo(settings.targets().describe(), err=True)
+        return name, command, rest
+
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        redact.install()
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact.text(str(exc))}", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.meta.get(ENV_DEBUG) or os.environ.get(ENV_DEBUG, "").lower() in ("1", "true", "yes"):
+                raise  # printed through the redacting stderr
+            lines = str(exc).strip().splitlines()
+            detail = f": {redact.text(lines[0])}" if lines else ""
+            click.echo(f"Error: unexpected {type(exc).__name__}{detail}", err=True)
+            click.echo(f"Run again with --debug (or {ENV_DEBUG}=1) to see the traceback.", err=True)
+            sys.exit(1)
+
+
+def _asks_help(args: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in args)
 
 
 @click.group(
@@ -72,12 +106,22 @@ class RunnerGroup(click.Group):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Log verbosity; logs always go to stderr.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=ENV_DEBUG,
+    show_envvar=True,
+    help="Show the full traceback of an unexpected error (passwords still masked).",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str, debug: bool) -> None:
     """recon runner: repair PostHog person properties lost during a bug window.
 
     Typical flow: `runner stack up` (local only), `dbt run --vars ...` to compute the diff,
     `runner apply --dry-run`, `runner apply`, `runner verify`, and if needed `runner restore`.
     """
+    ctx.meta[ENV_DEBUG] = debug
+    redact.install()  # before logging takes its stream
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -85,4 +129,4 @@ def main(log_level: str) -> None:
         force=True,
     )
     for noisy in ("urllib3", "clickhouse_connect"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, log_level.upper())))

@@ -170,7 +170,11 @@ CREATE TABLE IF NOT EXISTS recon_schema_migrations (
 
 
 def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(url or settings.persons_db_url() or "", **kwargs)
+    """A connection; an unreachable server is a configuration error (exit 2, nothing written)."""
+    try:
+        return psycopg.connect(url or settings.persons_db_url() or "", **kwargs)
+    except psycopg.OperationalError as exc:
+        raise ConfigError(f"cannot connect to Postgres ({settings.ENV_PERSONS_DB}): {exc}".strip()) from exc
 
 
 def migrate(url: str | None = None) -> list[int]:

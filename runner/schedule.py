@@ -368,6 +368,9 @@ def schedule(
     """
     reporter = Reporter(sys.stdout, output == "json")
     config = load_config(config_file, team_ids_from, dry_run)
+    if config is not None:
+        # The Postgres variable may be the config's persons_db_env_var, so the line comes after it.
+        click.echo(settings.targets(config.persons_db_env_var).describe(), err=True)
     if config is None:
         reporter.emit(
             {"type": "summary", "chunks": 0, "teams": 0, "failed_team_ids": []},

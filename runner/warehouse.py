@@ -15,7 +15,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from runner import settings
+from runner import redact, settings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -35,7 +35,14 @@ def _client_for(url: str) -> Client:
             from pathlib import Path
 
             Path(path).mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(dsn=url)
+    try:
+        return clickhouse_connect.get_client(dsn=url)
+    except Exception as exc:  # unreachable server, bad credentials: the command cannot start (exit 2)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise settings.ConfigError(
+            f"cannot connect to ClickHouse ({settings.ENV_CLICKHOUSE_URL} {redact.url(url)}): "
+            + redact.text(first)
+        ) from exc
 
 
 def client(url: str | None = None) -> Client:

@@ -7,10 +7,9 @@ production; `runner warehouse init`, `runner db init-local`, `runner stack up` a
 
 from __future__ import annotations
 
-import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner import settings
+from runner import pg_schema, settings
 from runner.warehouse import client, ident
 
 POSTHOG_PERSON_DDL = """
@@ -34,7 +33,7 @@ CREATE INDEX IF NOT EXISTS posthog_person_uuid ON posthog_person (uuid);
 
 def init_posthog_person(url: str) -> None:
     """Create PostHog's `posthog_person` table (idempotent)."""
-    with psycopg.connect(url) as conn:
+    with pg_schema.connect(url) as conn:
         conn.execute(POSTHOG_PERSON_DDL)
 
 

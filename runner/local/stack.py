@@ -674,6 +674,8 @@ def env_lines(info: dict[str, Any]) -> list[str]:
     return [
         f"export {settings.ENV_PERSONS_DB}={shlex.quote(info['postgres']['url'])}",
         f"export {settings.ENV_KAFKA}={shlex.quote(info['kafka']['bootstrap_servers'])}",
+        # All three production variables together (runner.settings refuses a partial set).
+        f"export {settings.ENV_CLICKHOUSE_URL}={shlex.quote(f'chdb://{settings.chdb_path()}')}",
     ]
 
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from schedule_support import runner
+from targets_util import use_targets
 
-from runner import ledger, scheduling, settings
+from runner import ledger, scheduling
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +154,7 @@ def test_exit_codes(history, monkeypatch):
     assert runner("report", "--job-id", "no-such-job").exit_code == 0  # nothing failed
     bad = runner("report", "--since", "2026-02-03", "--until", "2026-02-02")
     assert bad.exit_code == 2 and "must be after --since" in bad.stderr
-    monkeypatch.setenv(settings.ENV_PERSONS_DB, "postgresql://nobody@127.0.0.1:1/none")
+    use_targets(monkeypatch, postgres="postgresql://nobody@127.0.0.1:1/none", kafka="127.0.0.1:1")
     down = runner("report")
     assert down.exit_code == 2 and "cannot connect to Postgres" in down.stderr
 

@@ -9,8 +9,9 @@ import json
 import psycopg
 import pytest
 from schedule_support import WINDOW, ledger, runner, seed_data, write_config
+from targets_util import use_targets
 
-from runner import chunk_run, settings
+from runner import chunk_run
 from runner.dbt_cli import DbtFailed
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_bad_configuration_exits_2_and_writes_nothing(clean_pg, tmp_path, conten
 
 
 def test_unreachable_postgres_exits_2(clean_pg, tmp_path, monkeypatch):
-    monkeypatch.setenv(settings.ENV_PERSONS_DB, "postgresql://nobody@127.0.0.1:1/none")
+    use_targets(monkeypatch, postgres="postgresql://nobody@127.0.0.1:1/none", kafka="127.0.0.1:1")
     run = runner("schedule", "--config", str(write_config(tmp_path, "c.json", team_ids=[1])))
     assert run.exit_code == 2 and "cannot connect to Postgres" in run.stderr
     assert nothing_written(clean_pg)

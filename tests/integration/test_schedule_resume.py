@@ -44,6 +44,7 @@ def env(fresh_chdb_path, clean_pg, pg_url, kafka_bootstrap):
         settings.ENV_CHDB_PATH: str(fresh_chdb_path),
         settings.ENV_PERSONS_DB: pg_url,
         settings.ENV_KAFKA: kafka_bootstrap,
+        settings.ENV_CLICKHOUSE_URL: f"chdb://{fresh_chdb_path}",
         "PYTHONPATH": str(PROJECT),
     }
     environment.pop(faults.ENV_FAULT, None)

@@ -102,6 +102,7 @@ def test_status_and_env(stack):
     assert env.output.splitlines() == [
         f"export PERSONS_DB_WRITER_URL={stack['postgres']['url']}",
         f"export KAFKA_BOOTSTRAP_SERVERS={stack['kafka']['bootstrap_servers']}",
+        f"export RECON_CLICKHOUSE_URL=chdb://{settings.chdb_path()}",
     ]
 
 

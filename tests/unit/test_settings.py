@@ -1,4 +1,5 @@
-"""`runner.settings`: environment first, then the local stack's stack.json, then defaults."""
+"""`runner.settings`: production settings all together or none (then the local stack's stack.json and the
+embedded ClickHouse); malformed or partial settings are configuration errors with passwords masked."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         settings.ENV_SOURCE_DB,
         settings.ENV_TARGET_SCHEMA,
         settings.ENV_CLICKHOUSE_URL,
+        settings.ENV_DBT_TARGET,
+        "RECON_PERSONS_DB_ALT",
     ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
@@ -45,6 +48,7 @@ def test_environment_wins_over_stack_json(state: Path, monkeypatch: pytest.Monke
     (state / "stack.json").write_text(json.dumps(STACK))
     monkeypatch.setenv(settings.ENV_PERSONS_DB, "postgresql://prod-writer@db:5432/posthog")
     monkeypatch.setenv(settings.ENV_KAFKA, "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv(settings.ENV_CLICKHOUSE_URL, "chdb:///tmp/ch")
     assert settings.persons_db_url() == "postgresql://prod-writer@db:5432/posthog"
     assert settings.kafka_bootstrap() == "kafka-1:9092,kafka-2:9092"
 
@@ -74,6 +78,9 @@ def test_explicit_values(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(settings.ENV_SOURCE_DB, "posthog_prod")
     monkeypatch.setenv(settings.ENV_TARGET_SCHEMA, "recon_dev")
     monkeypatch.setenv(settings.ENV_CLICKHOUSE_URL, "https://u:p@ch.example:8443/default")
+    monkeypatch.setenv(settings.ENV_PERSONS_DB, "postgresql://w@db/posthog")
+    monkeypatch.setenv(settings.ENV_KAFKA, "k:9092")
+    monkeypatch.setenv(settings.ENV_DBT_TARGET, "prod")
     loaded = settings.Settings.load()
     assert loaded.person_topic == "person_test"
     assert loaded.source_database == "posthog_prod"
@@ -86,3 +93,100 @@ def test_state_dir_defaults_to_project(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv(settings.ENV_PROJECT_DIR, str(tmp_path))
     assert settings.state_dir() == tmp_path / ".recon"
     assert settings.stack_file() == tmp_path / ".recon" / "stack.json"
+
+
+PRODUCTION = {
+    settings.ENV_PERSONS_DB: "postgresql://writer:S3CRET@db.example:5432/posthog",
+    settings.ENV_KAFKA: "kafka-1:9092",
+    settings.ENV_CLICKHOUSE_URL: "https://default:CHPASS@ch.example:8443/default",
+}
+
+
+@pytest.mark.parametrize(
+    "given",
+    [[name] for name in PRODUCTION] + [[a, b] for a in PRODUCTION for b in PRODUCTION if a < b],
+)
+def test_partial_production_settings_name_what_is_missing(
+    state: Path, monkeypatch: pytest.MonkeyPatch, given: list[str]
+) -> None:
+    """Issue 13 point 1: one production address never pulls the others from the local stack."""
+    (state / "stack.json").write_text(json.dumps(STACK))
+    monkeypatch.setenv(settings.ENV_DBT_TARGET, "prod")
+    for name in given:
+        monkeypatch.setenv(name, PRODUCTION[name])
+    missing = [name for name in PRODUCTION if name not in given]
+    for resolve in (
+        settings.targets,
+        settings.persons_db_url,
+        settings.kafka_bootstrap,
+        settings.clickhouse_url,
+    ):
+        with pytest.raises(settings.ConfigError) as err:
+            resolve()
+        message = str(err.value)
+        assert all(name in message for name in missing), message
+        assert "S3CRET" not in message and "CHPASS" not in message
+
+
+def test_full_production_settings_never_touch_the_stack(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (state / "stack.json").write_text(json.dumps(STACK))
+    monkeypatch.setenv(settings.ENV_DBT_TARGET, "prod")
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    found = settings.targets()
+    assert (found.postgres, found.kafka, found.clickhouse) == tuple(PRODUCTION.values())
+    line = found.describe()
+    assert "S3CRET" not in line and "CHPASS" not in line
+    assert "postgresql://writer:***@db.example:5432/posthog" in line
+    assert "kafka-1:9092" in line and "https://default:***@ch.example:8443/default" in line
+
+
+def test_local_targets_described(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (state / "stack.json").write_text(json.dumps(STACK))
+    monkeypatch.setenv(settings.ENV_CHDB_PATH, str(state / "ch"))
+    line = settings.targets().describe()
+    assert line.startswith("targets (local stack)")
+    assert STACK["postgres"]["url"] in line and f"chdb://{state / 'ch'}" in line
+
+
+def test_schedule_postgres_variable_counts_as_production(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (state / "stack.json").write_text(json.dumps(STACK))
+    monkeypatch.setenv("RECON_PERSONS_DB_ALT", "postgresql://alt@db/posthog")
+    with pytest.raises(settings.ConfigError, match="KAFKA_BOOTSTRAP_SERVERS, RECON_CLICKHOUSE_URL"):
+        settings.targets("RECON_PERSONS_DB_ALT")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        (settings.ENV_PERSONS_DB, "postgresql://bob:S3CRET@[::1/db", "not a valid Postgres URL"),
+        (settings.ENV_CLICKHOUSE_URL, "https://bob:S3CRET@[::1/db", "not a valid URL"),
+        (settings.ENV_CLICKHOUSE_URL, "https://bob:S3CRET@ch:port/db", "not a valid URL"),
+        (settings.ENV_CLICKHOUSE_URL, "ftp://bob:S3CRET@ch/db", "must be chdb:///path or http"),
+        (settings.ENV_KAFKA, "kafka-1", "host:port"),
+    ],
+)
+def test_malformed_addresses_are_config_errors_without_the_password(
+    state: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(settings.ENV_DBT_TARGET, "prod")
+    for other, good in PRODUCTION.items():
+        monkeypatch.setenv(other, good)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.ConfigError) as err:
+        settings.targets()
+    assert problem in str(err.value) and name in str(err.value)
+    assert "S3CRET" not in str(err.value)
+
+
+def test_dbt_target_must_match_the_runner_clickhouse(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(settings.ConfigError, match="RECON_DBT_TARGET=prod"):
+        settings.targets()
+    monkeypatch.setenv(settings.ENV_CLICKHOUSE_URL, "chdb:///tmp/ch")
+    monkeypatch.setenv(settings.ENV_DBT_TARGET, "prod")
+    with pytest.raises(settings.ConfigError, match="embedded engine"):
+        settings.targets()

@@ -98,6 +98,7 @@ def subprocess_env(fresh_chdb_path: Path, topic: str, pg_url: str, kafka_bootstr
             settings.ENV_CHDB_PATH: str(fresh_chdb_path),
             settings.ENV_PERSONS_DB: pg_url,
             settings.ENV_KAFKA: kafka_bootstrap,
+            settings.ENV_CLICKHOUSE_URL: f"chdb://{fresh_chdb_path}",
             settings.ENV_TOPIC: topic,
             "PYTHONPATH": str(PROJECT),
         }

@@ -16,8 +16,7 @@ from apply_support import (
     new_uuid,
 )
 from kafka_util import read_topic_json
-
-from runner import settings
+from targets_util import use_targets
 
 pytestmark = pytest.mark.integration
 
@@ -166,14 +165,13 @@ def test_bad_options_exit_2(env, run_apply, pg_rows, args, message):
     _nothing_written(pg_rows)
 
 
-def test_unreachable_postgres_or_kafka_exit_2(env, run_apply, pg_rows, monkeypatch):
+def test_unreachable_postgres_or_kafka_exit_2(env, run_apply, pg_rows, monkeypatch, pg_url, kafka_bootstrap):
     seed_team(env, 1, 1)
     insert_summary(env["ch"], {1: 1})
-    monkeypatch.setenv(settings.ENV_PERSONS_DB, "postgresql://postgres@127.0.0.1:1/posthog")
+    use_targets(monkeypatch, postgres="postgresql://postgres@127.0.0.1:1/posthog", kafka=kafka_bootstrap)
     run = run_apply()
     assert run.exit_code == 2 and "cannot connect to Postgres" in run.stderr
-    monkeypatch.delenv(settings.ENV_PERSONS_DB)
-    monkeypatch.setenv(settings.ENV_KAFKA, "127.0.0.1:1")
+    use_targets(monkeypatch, postgres=pg_url, kafka="127.0.0.1:1")
     run = run_apply()
     assert run.exit_code == 2 and "Kafka at 127.0.0.1:1 is unreachable" in run.stderr
     _nothing_written(pg_rows)
