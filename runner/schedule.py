@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -179,7 +179,7 @@ T = TypeVar("T")
 
 
 def run_pipeline(
-    chunks: Sequence[Chunk],
+    chunks: Iterable[Chunk],
     build: Callable[[Chunk], T],
     finish: Callable[[Chunk, T], ChunkResult],
     on_done: Callable[[ChunkResult], None],
@@ -321,7 +321,8 @@ def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     help="The original sensor cursor as a JSON file: team_ids or range_start/range_end, chunk_size, "
     "max_concurrent_jobs (<= 50), max_concurrent_tasks (<= 100), bug_window_start/end, dry_run, "
     "backup_enabled, batch_size, teams_per_chunk, team_ch_props_fetch_window_seconds, person_batch_size, "
-    "exclude_team_ids, semantics (original or replay). Unknown fields are ignored.",
+    "exclude_team_ids, semantics (original or replay), max_rate. Unknown fields are an error (exit 2) "
+    "naming the closest known one; team ids are positive and within Postgres bigint.",
 )
 @click.option(
     "--team-ids-from",
@@ -380,9 +381,9 @@ def schedule(
     if schedule_id is not None and not _SCHEDULE_ID.match(schedule_id):
         raise click.BadParameter("letters, digits and . _ : - only (at most 100)", param_hint="--schedule-id")
     sid = schedule_id or config.schedule_id()
-    chunks = scheduling.plan_chunks(config)
+    total = scheduling.chunk_count(config)  # the plan itself is generated lazily, chunk by chunk
     if plan:
-        _print_plan(reporter, config, sid, chunks)
+        _print_plan(reporter, config, sid, total)
         return
 
     targets = Targets.resolve(config)
@@ -391,9 +392,18 @@ def schedule(
     try:
         if not config.dry_run:
             progress.lock()
-            progress.register(config, len(chunks))
+            progress.register(config, total)
         done = progress.finished()
-        pending = [c for c in chunks if done.get(c.job_id(sid)) not in FINAL_STATUSES]
+        finished_before = sum(status in FINAL_STATUSES for status in done.values())
+        to_run = max(0, total - finished_before)
+        positions: dict[str, int] = {}  # chunks in flight only
+
+        def pending() -> Iterator[Chunk]:
+            for position, (chunk, _) in enumerate(scheduling.iter_chunks(config), start=1):
+                if done.get(chunk.job_id(sid)) not in FINAL_STATUSES:
+                    positions[chunk.job_id(sid)] = position
+                    yield chunk
+
         reporter.emit(
             {
                 "type": "schedule",
@@ -402,28 +412,27 @@ def schedule(
                 "selection": config.selection(),
                 "diff_mode": config.diff_mode,
                 "semantics": config.semantics,
-                "chunks": len(chunks),
-                "finished_before": len(chunks) - len(pending),
-                "to_run": len(pending),
+                "chunks": total,
+                "finished_before": finished_before,
+                "to_run": to_run,
                 "embedded": targets.embedded,
                 "note": engine_note(targets, config),
             },
             f"schedule {sid}{' (dry run: nothing will be written)' if config.dry_run else ''}: "
             f"{config.selection()}, {config.diff_mode} diff ({config.semantics} semantics), bug window "
             f"[{config.bug_window_start}, {config.bug_window_end})\n"
-            f"{_plural(len(chunks), 'chunk')} of up to "
+            f"{_plural(total, 'chunk')} of up to "
             f"{_plural(config.chunk_size, 'team id' if config.by_range else 'team')}: "
-            f"{len(chunks) - len(pending)} finished earlier, {len(pending)} to run\n"
+            f"{finished_before} finished earlier, {to_run} to run\n"
             f"{engine_note(targets, config)}",
         )
         results: list[ChunkResult] = []
-        positions = {c.job_id(sid): i for i, c in enumerate(chunks, start=1)}
 
         def on_done(result: ChunkResult) -> None:
             if not config.dry_run:
                 progress.record(result)
             results.append(result)
-            reporter.chunk(result, positions[result.job_id], len(chunks))
+            reporter.chunk(result, positions.pop(result.job_id), total)
             faults.point("schedule_chunk_recorded")
 
         def build(chunk: Chunk) -> Built:
@@ -433,7 +442,7 @@ def schedule(
             return apply_chunk(config, chunk, chunk.job_id(sid), built, targets, sid)
 
         run_pipeline(
-            pending,
+            pending(),
             build,
             finish,
             on_done,
@@ -443,7 +452,7 @@ def schedule(
         progress.close()
     # Chunks finished by earlier invocations count too: the exit code describes the whole schedule.
     earlier_failed = [] if config.dry_run else sorted(job for job, status in done.items() if status == FAILED)
-    failed = _summarize(reporter, sid, config, results, len(chunks) - len(pending), earlier_failed)
+    failed = _summarize(reporter, sid, config, results, finished_before, earlier_failed)
     sys.exit(1 if failed else 0)
 
 
@@ -504,16 +513,27 @@ def _summarize(
     return failed
 
 
-def _print_plan(reporter: Reporter, config: ScheduleConfig, sid: str, chunks: list[Chunk]) -> None:
+# `--plan` lists at most this many chunks; the rest is counted (a range may hold billions of chunks).
+PLAN_LISTED = 1000
+
+
+def _print_plan(reporter: Reporter, config: ScheduleConfig, sid: str, total: int) -> None:
     done: dict[str, str] = {}
     note = ""
     try:
         done = read_progress(persons_db_url(config), sid)
     except (ConfigError, psycopg.Error) as exc:
         note = f" (progress unknown: {str(exc).splitlines()[0]})"
-    lines = [f"schedule {sid}: {config.selection()}, {len(chunks)} chunks{note}"]
-    records = []
+    lines = [f"schedule {sid}: {config.selection()}, {total} chunks{note}"]
+    records: list[dict[str, Any]] = []
+    chunks = (chunk for chunk, _ in scheduling.iter_chunks(config))
     for i, chunk in enumerate(chunks, start=1):
+        if i > PLAN_LISTED:
+            more = total - PLAN_LISTED
+            finished = sum(status in FINAL_STATUSES for status in done.values())
+            records.append({"type": "chunk_plan_more", "chunks": more, "finished_in_all": finished})
+            lines.append(f"  ... and {more} more chunks ({finished} of all {total} finished)")
+            break
         job_id = chunk.job_id(sid)
         status = done.get(job_id, "pending")
         records.append(

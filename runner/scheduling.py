@@ -3,8 +3,13 @@
 The configuration is the original sensor cursor (spec R12.1): a JSON object naming the teams (an
 explicit `team_ids` list, or an inclusive `range_start`/`range_end`), how many teams one launched run
 covers (`chunk_size`), the caps (`max_concurrent_jobs` <= 50, `max_concurrent_tasks` <= 100) and the
-settings every run gets (R12.6). Unknown fields are kept and ignored. `exclude_team_ids` is accepted
-too (the original could not pass exclusions through its sensor).
+settings every run gets (R12.6). Unlike the original, unknown fields are an error naming the closest
+known one (a typo such as `dryrun` must never turn a dry run into writes). `exclude_team_ids` is
+accepted too (the original could not pass exclusions through its sensor), and `max_rate` (persons per
+second for every apply of the schedule).
+
+Team ids are positive and within Postgres `bigint`. The plan is lazy: chunks are generated as they run,
+so memory and `--plan` time do not grow with the size of a team id range.
 
 Two levels of chunking, as in the original:
 
@@ -22,10 +27,13 @@ chance: types, time formats, the window's order. Every message names the field a
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
 import logging
+import math
+import reprlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +58,13 @@ DEFAULT_PERSONS_DB_ENV_VAR = "PERSONS_DB_WRITER_URL"
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-# Fields of the cursor this module reads; anything else is preserved and ignored.
+# Team ids are Postgres bigints (the ledger and progress tables store them as such).
+MAX_TEAM_ID = 2**63 - 1
+# JSON numbers written as floats (`1e12`) count as integers when exact.
+_MAX_EXACT_FLOAT = 2**53
+
+# Every field of the cursor; any other field is an error (exit 2) naming the closest of these. Adding a
+# field: add it here and read it in `validate`.
 KNOWN_FIELDS = frozenset(
     {
         "team_ids",
@@ -72,6 +86,7 @@ KNOWN_FIELDS = frozenset(
         "semantics",
         "next_team_index",
         "next_chunk_start",
+        "max_rate",
     }
 )
 
@@ -114,6 +129,7 @@ class ScheduleConfig:
     semantics: str = "original"
     next_team_index: int | None = None
     next_chunk_start: int | None = None
+    max_rate: float | None = None  # persons per second per apply; None = unlimited
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -188,12 +204,23 @@ class ScheduleConfig:
             cursor["next_team_index"] = self.next_team_index
         if self.next_chunk_start is not None:
             cursor["next_chunk_start"] = self.next_chunk_start
+        if self.max_rate is not None:
+            cursor["max_rate"] = self.max_rate
         return cursor
 
 
 def _sample(ids: Sequence[int], n: int = 10) -> str:
     shown = ", ".join(map(str, ids[:n]))
     return f"[{shown}{', ...' if len(ids) > n else ''}]"
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 5, 5, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A short repr for messages, safe on huge or deeply nested values."""
+    return _SHOW.repr(value)
 
 
 def parse_cursor(text: str | None, source: str = "the configuration") -> dict[str, Any]:
@@ -204,12 +231,16 @@ def parse_cursor(text: str | None, source: str = "the configuration") -> dict[st
         cursor = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source} is not valid JSON ({exc.msg}): {text[:100]!r}") from exc
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a schedule configuration") from None
     if not isinstance(cursor, dict):
         raise ConfigError(f"{source} must be a JSON object, got: {text[:100]!r}")
     return cursor
 
 
 def _is_int(value: Any) -> bool:
+    if isinstance(value, float):
+        return value.is_integer() and abs(value) <= _MAX_EXACT_FLOAT
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -218,15 +249,35 @@ def _int(cursor: dict[str, Any], name: str, default: int | None = None) -> int |
     if value is None:
         return default
     if not _is_int(value):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {_show(value)}")
     return int(value)
 
 
 def _bool(cursor: dict[str, Any], name: str, default: bool) -> bool:
     value = cursor.get(name, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be true or false, got {_show(value)}")
     return value
+
+
+def is_team_id(value: Any) -> bool:
+    return _is_int(value) and 1 <= int(value) <= MAX_TEAM_ID
+
+
+def team_id_problem(value: Any) -> str:
+    """Why `value` is not a team id (positive, within Postgres bigint)."""
+    if not _is_int(value):
+        return f"{_show(value)} is not an integer"
+    return f"{int(value)} is out of range (team ids are 1 to {MAX_TEAM_ID}, Postgres bigint)"
+
+
+def _team_id(cursor: dict[str, Any], name: str) -> int | None:
+    value = cursor.get(name)
+    if value is None:
+        return None
+    if not is_team_id(value):
+        raise ConfigError(f"{name} must be a team id: {team_id_problem(value)}")
+    return int(value)
 
 
 def _id_list(cursor: dict[str, Any], name: str) -> tuple[int, ...]:
@@ -234,11 +285,35 @@ def _id_list(cursor: dict[str, Any], name: str) -> tuple[int, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ConfigError(f"{name} must be a list of team ids, got {value!r}")
-    bad = [v for v in value if not _is_int(v)]
+        raise ConfigError(f"{name} must be a list of team ids, got {_show(value)}")
+    bad = [v for v in value if not is_team_id(v)]
     if bad:
-        raise ConfigError(f"{name} must contain integer team ids only, got {bad[:5]!r}")
+        raise ConfigError(
+            f"{name} must contain team ids only (positive integers within Postgres bigint): "
+            + "; ".join(team_id_problem(v) for v in bad[:5])
+        )
     return tuple(dict.fromkeys(int(v) for v in value))
+
+
+def _rate(cursor: dict[str, Any], name: str) -> float | None:
+    value = cursor.get(name)
+    if value is None:
+        return None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number (persons per second), got {_show(value)}")
+    return float(value)
+
+
+def check_fields(cursor: dict[str, Any]) -> None:
+    """Every field must be known; a typo names the field it probably meant."""
+    for name in cursor:
+        if name in KNOWN_FIELDS:
+            continue
+        close = difflib.get_close_matches(str(name), sorted(KNOWN_FIELDS), n=1, cutoff=0.6)
+        known = ", ".join(sorted(KNOWN_FIELDS))
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {known}"
+        raise ConfigError(f"unknown field {_show(name)} in the schedule configuration{hint}")
 
 
 def parse_time(value: Any, name: str) -> datetime:
@@ -251,7 +326,8 @@ def parse_time(value: Any, name: str) -> datetime:
 
 
 def validate(cursor: dict[str, Any]) -> ScheduleConfig:
-    """R12.2 rules 3 to 7 in order, then the checks the original left to chance."""
+    """Unknown fields first, then R12.2 rules 3 to 7 in order, then the checks the original left to chance."""
+    check_fields(cursor)
     team_ids_raw = cursor.get("team_ids")
     has_team_ids = team_ids_raw is not None and team_ids_raw != []
     has_range = cursor.get("range_start") is not None and cursor.get("range_end") is not None
@@ -259,7 +335,7 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
     if has_team_ids and has_range:
         raise ConfigError(
             f"cannot specify both team_ids ({_short(team_ids_raw)}) and range_start/range_end "
-            f"({cursor.get('range_start')!r}..{cursor.get('range_end')!r})"
+            f"({_show(cursor.get('range_start'))}..{_show(cursor.get('range_end'))})"
         )
     if not has_team_ids and not has_range:
         raise ConfigError(
@@ -291,8 +367,8 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
     range_start = range_end = None
     team_ids: tuple[int, ...] | None = None
     if has_range:
-        range_start = _int(cursor, "range_start")
-        range_end = _int(cursor, "range_end")
+        range_start = _team_id(cursor, "range_start")
+        range_end = _team_id(cursor, "range_end")
         assert range_start is not None and range_end is not None
         if range_start > range_end:
             raise ConfigError(f"range_start ({range_start}) must not be greater than range_end ({range_end})")
@@ -317,12 +393,12 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
         raise ConfigError(f"person_batch_size must be positive, got {person_batch_size}")
     env_var = cursor.get("persons_db_env_var", DEFAULT_PERSONS_DB_ENV_VAR)
     if not isinstance(env_var, str) or not env_var:
-        raise ConfigError(f"persons_db_env_var must name an environment variable, got {env_var!r}")
+        raise ConfigError(f"persons_db_env_var must name an environment variable, got {_show(env_var)}")
     semantics = cursor.get("semantics") or "original"
     if semantics not in ("original", "replay"):
-        raise ConfigError(f"semantics must be 'original' or 'replay', got {semantics!r}")
+        raise ConfigError(f"semantics must be 'original' or 'replay', got {_show(semantics)}")
     next_team_index = _int(cursor, "next_team_index")
-    next_chunk_start = _int(cursor, "next_chunk_start")
+    next_chunk_start = _team_id(cursor, "next_chunk_start")
     if next_team_index is not None and next_team_index < 0:
         raise ConfigError(f"next_team_index must not be negative, got {next_team_index}")
     return ScheduleConfig(
@@ -345,13 +421,12 @@ def validate(cursor: dict[str, Any]) -> ScheduleConfig:
         semantics=semantics,
         next_team_index=next_team_index,
         next_chunk_start=next_chunk_start,
-        extra={k: v for k, v in cursor.items() if k not in KNOWN_FIELDS},
+        max_rate=_rate(cursor, "max_rate"),
     )
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _show(value)
 
 
 def load(
@@ -391,6 +466,8 @@ def read_team_ids_csv(path: Path) -> list[int]:
             ids.append(int(cell))
         except ValueError:
             raise ConfigError(f"{path} line {line_no}: team id must be an integer, got {cell!r}") from None
+        if not is_team_id(ids[-1]):
+            raise ConfigError(f"{path} line {line_no}: team id {team_id_problem(ids[-1])}")
         if status_column is not None and status_column < len(row) and row[status_column] == "succeeded":
             succeeded.append(ids[-1])
     if succeeded:
@@ -538,7 +615,19 @@ def iter_chunks(config: ScheduleConfig, position: int | None = None) -> Iterator
 
 
 def plan_chunks(config: ScheduleConfig) -> list[Chunk]:
+    """Every chunk as a list: for small plans and tests; `runner schedule` iterates `iter_chunks`."""
     return [chunk for chunk, _ in iter_chunks(config)]
+
+
+def chunk_count(config: ScheduleConfig, position: int | None = None) -> int:
+    """How many chunks `iter_chunks` yields, computed without generating them."""
+    pos = start_position(config) if position is None else position
+    if config.team_ids is not None:
+        remaining = len(config.team_ids) - pos
+    else:
+        assert config.range_end is not None
+        remaining = config.range_end - pos + 1
+    return max(0, -(-remaining // config.chunk_size))
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ def test_sensor_launches_within_the_caps_and_advances_the_cursor(instance):
         "max_concurrent_tasks": 7,
         "teams_per_chunk": 50,
         "exclude_team_ids": [13],
-        "operator_note": "kept",
     }
     add_active_run(instance)
     add_active_run(instance, DagsterRunStatus.SUCCESS)  # finished runs do not count
@@ -83,7 +82,7 @@ def test_sensor_launches_within_the_caps_and_advances_the_cursor(instance):
     # On the embedded engine the runs must execute in-process (one process per engine path).
     assert data.run_requests[0].run_config["execution"] == {"config": {"in_process": {}}}
     written = json.loads(context.cursor)
-    assert written == {**cursor, "next_chunk_start": 2001}  # progress at launch; unknown field kept
+    assert written == {**cursor, "next_chunk_start": 2001}  # progress at launch
 
     add_active_run(instance)
     add_active_run(instance)

@@ -65,6 +65,20 @@ def nothing_written(pg: psycopg.Connection) -> bool:
             json.dumps({**WINDOW, "team_ids": [1], "persons_db_env_var": "NO_SUCH_RECON_VAR"}),
             "environment variable NO_SUCH_RECON_VAR (persons_db_env_var) is not set",
         ),
+        # Issue 13 point 3: strict configuration.
+        (json.dumps({**WINDOW, "team_ids": [-5]}), "team_ids must contain team ids only"),
+        (
+            json.dumps({**WINDOW, "team_ids": [1, 99999999999999999999]}),
+            "99999999999999999999 is out of range",
+        ),
+        (json.dumps({**WINDOW, "range_start": -3, "range_end": 5}), "range_start must be a team id"),
+        (json.dumps({**WINDOW, "team_ids": [1], "dryrun": True}), "unknown field 'dryrun'"),
+        (json.dumps({**WINDOW, "team_ids": [1], "dryrun": True}), "did you mean 'dry_run'"),
+        (json.dumps({**WINDOW, "team_ids": [1], "backup_enable": False}), "did you mean 'backup_enabled'"),
+        (json.dumps({**WINDOW, "team_ids": [[1, [2]]]}), "[1, [2]] is not an integer"),
+        (json.dumps({**WINDOW, "team_ids": [1], "chunk_size": {"n": 5}}), "chunk_size must be an integer"),
+        (json.dumps({**WINDOW, "team_ids": [1], "max_rate": 0}), "max_rate must be a positive number"),
+        ('{"team_ids": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ],
 )
 def test_bad_configuration_exits_2_and_writes_nothing(clean_pg, tmp_path, content, message):
@@ -74,6 +88,41 @@ def test_bad_configuration_exits_2_and_writes_nothing(clean_pg, tmp_path, conten
     assert run.exit_code == 2, run.stdout
     assert message in run.stderr
     assert run.stdout == ""
+    assert nothing_written(clean_pg)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [("-3", "line 2: team id -3 is out of range"), ("99999999999999999999", "out of range")],
+)
+def test_team_ids_from_must_be_team_ids(clean_pg, tmp_path, ids, message):
+    """Issue 13 point 3: --team-ids-from obeys the same rules, before anything is written."""
+    csv_path = tmp_path / "failed.csv"
+    csv_path.write_text(f"team_id,status\n{ids},failed\n")
+    config = write_config(tmp_path, "c.json")
+    run = runner("schedule", "--config", str(config), "--team-ids-from", str(csv_path))
+    assert run.exit_code == 2 and message in run.stderr, run.stderr
+    assert nothing_written(clean_pg)
+
+
+def test_plan_of_a_huge_range_is_lazy(clean_pg, tmp_path):
+    """Issue 13 point 3: `--plan` of 10^12 one-team chunks lists a bounded head and counts the rest;
+    memory does not depend on the range (the old plan allocated every chunk up front)."""
+    import tracemalloc
+
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({**WINDOW, "range_start": 1, "range_end": 1e12, "chunk_size": 1}))
+    tracemalloc.start()
+    try:
+        run = runner("schedule", "--config", str(config), "--plan", "--output", "json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert run.exit_code == 0, run.stderr
+    records = run.json_lines()
+    assert records[0]["job_id"].endswith("-range-1-1") and len(records) == 1001
+    assert records[-1] == {"type": "chunk_plan_more", "chunks": 10**12 - 1000, "finished_in_all": 0}
+    assert peak < 20 * 2**20, peak
     assert nothing_written(clean_pg)
 
 
