@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import click
 
-from runner import diffs, ledger, options, settings
+from runner import diffs, job_lock, ledger, options, settings
 from runner import warehouse as wh
 from runner.applier import (
     NO_CHANGES,
@@ -355,6 +355,8 @@ def apply(
     pg_url = settings.persons_db_url()
     assert pg_url is not None
     check_postgres(pg_url)
+    if not dry_run:
+        job_lock.acquire(pg_url, "apply", job_id)  # one process per job id, released at exit
     publisher = None
     if not dry_run:
         bootstrap = settings.kafka_bootstrap()

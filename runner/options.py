@@ -15,14 +15,23 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Job ids (apply's `--job-id`, restore's `--restore-job-id`) are recorded in backups, outbox and ledger.
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+# Job ids (`--job-id`, restore's `--restore-job-id`) are recorded in backups, outbox and ledger. Matched
+# against the whole string: `$` alone would accept a trailing newline.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 
 def validate_job_id(value: str | None, param_hint: str) -> None:
     """A usage error (exit 2) unless `value` is None or a well-formed job id."""
-    if value is not None and not JOB_ID.match(value):
-        raise click.BadParameter("letters, digits and . _ : - only (at most 200)", param_hint=param_hint)
+    if value is not None and not JOB_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: letters, digits and . _ : - only, starting with a letter or digit (at most 200)",
+            param_hint=param_hint,
+        )
+
+
+def _job_id_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    validate_job_id(value, "--job-id")
+    return value
 
 
 def job_id_option(help: str, *, required: bool = False) -> Callable[[F], F]:
@@ -33,6 +42,7 @@ def job_id_option(help: str, *, required: bool = False) -> Callable[[F], F]:
         envvar="RECON_JOB_ID",
         show_envvar=True,
         default=None,
+        callback=_job_id_callback,
         help=help,
     )
 

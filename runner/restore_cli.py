@@ -16,7 +16,7 @@ from uuid import UUID
 
 import click
 
-from runner import ledger, metrics, options, settings
+from runner import job_lock, ledger, metrics, options, settings
 from runner import warehouse as wh
 from runner.apply_cli import JsonSink
 from runner.pg_schema import check_postgres
@@ -353,6 +353,8 @@ def restore(
     pg_url = settings.persons_db_url()
     assert pg_url is not None
     check_postgres(pg_url)
+    if not dry_run:  # one process per job id: the restore's own, and the job it undoes
+        job_lock.acquire(pg_url, "restore", config.restore_job_id, config.job_id)
     publisher = None
     if not dry_run:
         bootstrap = settings.kafka_bootstrap()

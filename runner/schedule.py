@@ -55,7 +55,7 @@ from runner.settings import ConfigError
 
 log = logging.getLogger("runner.schedule")
 
-_SCHEDULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+_SCHEDULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")  # fullmatch: no trailing newline
 # Finished chunks (never run again); build failures applied nothing and are retried.
 FINAL_STATUSES = (SUCCEEDED, FAILED)
 
@@ -378,7 +378,7 @@ def schedule(
             f"no team ids in {team_ids_from}: nothing to do",
         )
         return
-    if schedule_id is not None and not _SCHEDULE_ID.match(schedule_id):
+    if schedule_id is not None and not _SCHEDULE_ID.fullmatch(schedule_id):
         raise click.BadParameter("letters, digits and . _ : - only (at most 100)", param_hint="--schedule-id")
     sid = schedule_id or config.schedule_id()
     total = scheduling.chunk_count(config)  # the plan itself is generated lazily, chunk by chunk
