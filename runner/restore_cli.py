@@ -262,9 +262,10 @@ def _team_table(run: RestoreRun) -> str:
     show_default=True,
     envvar="RECON_RESTORE_STRATEGY",
     show_envvar=True,
-    help="keep_newer: put back only keys that still hold what the job wrote. restore_wins: put back "
-    "every key the job touched, over later changes. full_overwrite: write the backed-up state verbatim, "
-    "discarding every later change.",
+    help="keep_newer: undo the job's own keys that still hold what the job wrote. restore_wins: undo "
+    "every key the job changed, over later changes to those keys; keys it never touched keep their "
+    "current values. full_overwrite: write the backed-up state verbatim, discarding every later change "
+    "to any key.",
 )
 @options.team_ids_option("Default: every team of the job. A team without backup rows is an error.")
 @click.option(

@@ -3,11 +3,21 @@
 Pure functions, no I/O. Absent keys and JSON null values compare alike (`dict.get`), and values
 compare with Python equality, as in the original.
 
-Deliberate difference from the original: `keep_newer` and `restore_wins` also consider the keys the
-reconciliation *added* (present after, absent before). The original only walked the keys of the
-before-state, so a restore could never remove a key the run had added and "apply then restore" did not
-return the person to where it was. Here such a key is removed by `keep_newer` when it still holds what
-the run wrote, and always by `restore_wins`.
+The strategies, by what they undo:
+
+- `keep_newer` (default): the job's own keys that still hold what the job wrote.
+- `restore_wins`: the job's own keys, over any later change to them. Keys the job never touched keep
+  their current values.
+- `full_overwrite`: the whole backed-up state, discarding every later change to any key.
+
+"The job's own keys" are the keys whose value (or presence) differs between the backup's before and
+after states. Deliberate differences from the original (R13.4), which walked every key of the
+before-state: `restore_wins` there also reverted later changes to keys the job never touched (a user's
+edit of `email` was undone when the job had only changed `plan`), and neither strategy could remove a
+key the run had *added*, so "apply then restore" did not return the person to where it was. Here an
+added key is removed by `keep_newer` when it still holds what the run wrote, and always by
+`restore_wins`. A backup without an after-state (written by other tools) gives no way to tell the job's
+keys apart: every key of its before-state counts, as in the original.
 """
 
 from __future__ import annotations
@@ -43,6 +53,11 @@ def _as_map(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
+def _touched(key: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Did the job change `key` (its value, or whether it is present)?"""
+    return (key in before) != (key in after) or before.get(key) != after.get(key)
+
+
 def validate_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown restore strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}")
@@ -64,8 +79,11 @@ def restore_change(
         )
 
     after_props = after.properties if after is not None else {}
-    candidate_keys = list(before.properties)
-    candidate_keys += [k for k in after_props if k not in before.properties]
+    if after is None:
+        candidate_keys = list(before.properties)  # the job's own keys are unknown
+    else:
+        candidate_keys = [k for k in before.properties if _touched(k, before.properties, after_props)]
+        candidate_keys += [k for k in after_props if k not in before.properties]
 
     props = dict(current.properties)
     updated_at = dict(current.last_updated_at)

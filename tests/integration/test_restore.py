@@ -282,18 +282,18 @@ def test_rerunning_the_same_restore_job_changes_and_publishes_nothing(applied, p
     ("strategy", "expected_a"),
     [
         # plan was changed by someone after the run: kept; legacy (removed by the run) comes back
-        ("keep_newer", {"plan": "team", "source": "seo", "legacy": "x", "new": 1}),
-        # every key the run touched goes back; keys nobody touched in the run stay
-        ("restore_wins", {"plan": "pro", "source": "seo", "legacy": "x", "new": 1}),
+        ("keep_newer", {"plan": "team", "source": "user", "legacy": "x", "new": 1}),
+        # every key the run touched goes back; keys the run never touched (source) keep later edits
+        ("restore_wins", {"plan": "pro", "source": "user", "legacy": "x", "new": 1}),
         # the backup verbatim
         ("full_overwrite", {"plan": "pro", "legacy": "x", "source": "seo"}),
     ],
 )
 def test_person_changed_after_the_run_is_handled_per_strategy(applied, pg_rows, strategy, expected_a):
     applied["pg"].execute(
-        'UPDATE posthog_person SET properties = properties || \'{"plan": "team", "new": 1}\', '
-        "version = version + 1 WHERE uuid = %s",
-        (A,),
+        "UPDATE posthog_person SET properties = properties || %s::jsonb, version = version + 1 "
+        "WHERE uuid = %s",
+        ('{"plan": "team", "new": 1, "source": "user"}', A),
     )
     run = run_restore("--job-id", "job-a", "--strategy", strategy, "--team-id", "1", "--output", "json")
     assert run.exit_code == 0, run.stderr

@@ -49,6 +49,26 @@ def test_restore_wins_overwrites_later_changes_on_touched_keys_only():
     assert change.state.properties == {"plan": "pro", "source": "seo", "legacy": "x", "new": 1}
 
 
+def test_restore_wins_leaves_keys_the_job_never_touched():
+    """Issue 13 point 5: the job changed plan only; a later edit of email is the user's, not the job's."""
+    before = state({"plan": "free", "email": "old@example.com"})
+    after = state({"plan": "paid", "email": "old@example.com"})
+    current = state({"plan": "team", "email": "new@example.com"})
+    wins = restore_change("restore_wins", before, after, current)
+    assert wins is not None and wins.state.properties == {"plan": "free", "email": "new@example.com"}
+    assert wins.restored_keys == ("plan",)
+    assert restore_change("keep_newer", before, after, current) is None  # plan changed since: kept
+    full = restore_change("full_overwrite", before, after, current)
+    assert full is not None and full.state.properties == {"plan": "free", "email": "old@example.com"}
+
+
+def test_without_an_after_state_every_backed_up_key_counts():
+    before = state({"plan": "free", "email": "old@example.com"})
+    current = state({"plan": "team", "email": "new@example.com"})
+    change = restore_change("restore_wins", before, None, current)
+    assert change is not None and change.state.properties == before.properties
+
+
 def test_full_overwrite_discards_everything_since():
     current = state({"plan": "team", "new": 1})
     change = restore_change("full_overwrite", BEFORE, AFTER, current)
