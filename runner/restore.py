@@ -15,7 +15,7 @@ Outcomes per backup entry:
 - `restored`: written (in a dry run: would be), or restored by an earlier attempt of this restore job
   (found through its outbox rows; never written twice).
 - `skipped`: the strategy finds nothing to restore (the person already holds the before-state, or
-  every key the job changed has changed since and `keep_newer` keeps it).
+  every touched key changed since and `keep_newer` keeps it).
 - `not_found`: no Postgres row with the backup's pk and uuid any more (a person deleted and recreated
   under the same uuid has another pk: it is not the person the job changed).
 - `version_conflict`: another transaction held the row on each of 3 attempts to lock it.
