@@ -114,3 +114,15 @@ publish_timeout_option = click.option(
     show_envvar=True,
     help="Seconds Kafka may take to confirm a message before it stays in the outbox for the next run.",
 )
+
+
+max_rate_option = click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    envvar="RECON_MAX_RATE",
+    show_envvar=True,
+    help="At most N persons per second, enforced across batches and teams (waiting before a batch's "
+    "rows are locked), to protect the live database. Default: unlimited. Progress lines on stderr show "
+    "the rate and an ETA.",
+)
