@@ -34,7 +34,6 @@ def test_two_passes(seeded, clean_pg, tmp_path):
         teams_per_chunk=1,
         team_ch_props_fetch_window_seconds=0,
         batch_size=10,
-        unknown_field="ignored",
     )
 
     # --- pass 1: single pass over the range; team 2 fails, its chunk and the other chunk go on ---

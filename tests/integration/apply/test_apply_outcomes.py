@@ -89,6 +89,7 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         "type": "summary",
         "job_id": "job-outcomes",
         "dry_run": False,
+        "semantics": "original",
         "teams": [
             {
                 "team_id": 1,
