@@ -59,7 +59,7 @@ def team_ids_option(default_help: str) -> Callable[[F], F]:
         "--team-id",
         "team_ids",
         multiple=True,
-        type=int,
+        type=click.IntRange(1, 2**63 - 1),  # team ids are positive Postgres bigints
         envvar="RECON_TEAM_IDS",
         show_envvar=True,
         help="Only these teams (repeatable; the env var takes a space-separated list). " + default_help,
