@@ -2,16 +2,20 @@
 
 Pure logic with an injectable clock and sleep, so the unit tests need no waiting.
 
-- `Pacer(max_rate)` is asked before each batch is started (`wait(n)` for a batch of n persons) and
-  sleeps until the batch fits the limit. Batches start no earlier than `n_previous / max_rate` seconds
-  after the previous one started, so over any interval at most `max_rate x seconds` persons plus one
-  batch are started. Time spent idle or slower than the limit earns no credit: a slow stretch is never
-  followed by a burst. The wait happens before the batch's rows are locked, never while they are held.
+- `Pacer(max_rate)`: the engine calls `before_batch()` when it is about to start a batch (holding no
+  row locks) and `count(n)` for the persons it takes on; `wait(n)` does both. A batch starts no earlier
+  than `n_previous / max_rate` seconds after the previous one started, where `n_previous` is what the
+  previous batch counted, so over any interval at most `max_rate x seconds` persons plus one batch are
+  started. Time spent idle or slower than the limit earns no credit: a slow stretch is never followed by
+  a burst.
 - `Progress(total)` keeps the persons done so far and renders `done/total (pct), rate/s, ETA`.
+- `Throttle` is the two together, as the engine's batch loop uses them: the progress line is logged
+  (stderr) at most every 10 seconds, at a batch boundary.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -34,25 +38,40 @@ class Pacer:
         self.max_rate = max_rate or None
         self._clock = clock
         self._sleep = sleep
-        self._next_start: float | None = None  # earliest start of the next batch
+        self._batch_started: float | None = None
+        self._counted = 0  # persons of the batch started at `_batch_started`
         self.slept = 0.0
 
     @property
     def limited(self) -> bool:
         return self.max_rate is not None
 
-    def wait(self, persons: int) -> float:
-        """Block until a batch of `persons` may start; returns the seconds slept."""
-        if self.max_rate is None or persons <= 0:
+    def before_batch(self) -> float:
+        """Block until the next batch may start; returns the seconds slept. Call it only while holding
+        no row locks: the wait must never keep live traffic waiting."""
+        if self.max_rate is None:
             return 0.0
         now = self._clock()
-        delay = 0.0 if self._next_start is None else self._next_start - now
+        delay = 0.0
+        if self._batch_started is not None:
+            delay = self._batch_started + self._counted / self.max_rate - now
         if delay > 0:
             self._sleep(delay)
             self.slept += delay
             now += delay
-        self._next_start = now + persons / self.max_rate
+        self._batch_started = now
+        self._counted = 0
         return max(delay, 0.0)
+
+    def count(self, persons: int) -> None:
+        """Persons the current batch takes on (call as they are taken; a batch may count several times)."""
+        self._counted += max(0, persons)
+
+    def wait(self, persons: int) -> float:
+        """`before_batch()` then `count(persons)`: one call per batch when its size is known upfront."""
+        slept = self.before_batch()
+        self.count(persons)
+        return slept
 
 
 class Progress:
@@ -95,3 +114,50 @@ def _clock_text(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class Throttle:
+    """What the engine holds: the pacer, and progress logged on stderr at most every `every` seconds
+    (and once the first batch ran), with the rate, the ETA and the limit."""
+
+    def __init__(
+        self,
+        max_rate: float | None,
+        total: int,
+        what: str,
+        *,
+        log: Callable[[str], None] | None = None,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.pacer = Pacer(max_rate, clock=clock, sleep=sleep)
+        self.progress = Progress(total, clock=clock)
+        self.what = what
+        self._log = log or logging.getLogger("runner.progress").info
+        self._every = every
+        self._clock = clock
+        self._last_line: float | None = None
+        self._taken = 0  # persons of the batch in progress
+
+    def before_batch(self) -> float:
+        """Call when about to start a batch while holding no row locks: the previous batch's persons
+        count as done, the limit is waited for, then the progress line is logged when due."""
+        self.progress.add(self._taken)
+        self._taken = 0
+        slept = self.pacer.before_batch()
+        if self.progress.done:
+            now = self._clock()
+            if self._last_line is None or now - self._last_line >= self._every:
+                self._last_line = now
+                self._log(self.line())
+        return slept
+
+    def count(self, persons: int) -> None:
+        """Persons the current batch takes on."""
+        self.pacer.count(persons)
+        self._taken += max(0, persons)
+
+    def line(self) -> str:
+        limit = f" (limited to {self.pacer.max_rate:,.0f}/s)" if self.pacer.max_rate else ""
+        return f"{self.what}: {self.progress.line()}{limit}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.pacing import Pacer, Progress
+from runner.pacing import Pacer, Progress, Throttle
 
 
 class FakeClock:
@@ -78,6 +78,17 @@ def test_rate_holds_over_many_uneven_batches() -> None:
     assert started_before_last / (clock.now - 0.01 - start) <= 250 + 1e-9
 
 
+def test_a_batch_counted_in_parts_is_paced_as_a_whole() -> None:
+    clock = FakeClock()
+    p = pacer(100, clock)
+    p.before_batch()
+    for _ in range(4):
+        p.count(25)  # chunks of one batch
+    assert p.before_batch() == pytest.approx(1.0)
+    p.count(0)
+    assert p.before_batch() == 0.0  # an empty batch costs nothing
+
+
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
 def test_bad_limits_are_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="persons per second"):
@@ -101,3 +112,19 @@ def test_progress_line_shows_rate_and_eta() -> None:
 def test_progress_of_nothing() -> None:
     progress = Progress(0, clock=FakeClock())
     assert progress.line() == "0/0 persons, -/s, ETA -"
+
+
+def test_throttle_paces_and_logs_progress_at_batch_boundaries() -> None:
+    clock = FakeClock()
+    lines: list[str] = []
+    throttle = Throttle(100, 400, "job j", log=lines.append, every=1.5, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        throttle.before_batch()
+        throttle.count(50)
+        throttle.count(50)  # one batch, two chunks
+    assert clock.sleeps == [pytest.approx(1.0)] * 3
+    # A line once the first batch is done, then at most one per 1.5 s, each at a batch boundary.
+    assert lines == [
+        "job j: 100/400 persons (25%), 100/s, ETA 0:00:03 (limited to 100/s)",
+        "job j: 300/400 persons (75%), 100/s, ETA 0:00:01 (limited to 100/s)",
+    ]
