@@ -114,7 +114,11 @@ class ModelsEnv:
 
     # --- writing sources --------------------------------------------------------------------------
 
-    def insert_events(self, events: Iterable[rr.Event]) -> None:
+    def insert_events(self, events: Iterable[rr.Event], ingested_at: datetime | None = None) -> None:
+        """Insert events; `ingested_at` sets their ingestion time (`inserted_at`, and `_timestamp` to
+        the second), which the incremental build's watermark reads. Without it ClickHouse stamps
+        `inserted_at` with its clock at the insert, as in production."""
+        stamp = ingested_at or datetime(2026, 1, 1)
         rows = [
             [
                 e.uuid,
@@ -124,7 +128,8 @@ class ModelsEnv:
                 e.team_id,
                 e.distinct_id,
                 e.person_id,
-                datetime(2026, 1, 1),
+                stamp.replace(microsecond=0, tzinfo=None),
+                *([ingested_at] if ingested_at else []),
             ]
             for e in events
         ]
@@ -141,6 +146,7 @@ class ModelsEnv:
                     "distinct_id",
                     "person_id",
                     "_timestamp",
+                    *(["inserted_at"] if ingested_at else []),
                 ],
             )
 
