@@ -158,3 +158,33 @@
     in_set_once and not (in_unset and set_once_at <= unset_at) as keep_set_once,
     in_unset and not (in_set and set_at > unset_at) and not (in_set_once and set_once_at > unset_at) as keep_unset
 {%- endmacro %}
+
+
+{#-
+  Ingestion time of an event: `inserted_at` (ClickHouse's clock at the insert, close to when the row
+  became visible), else `_timestamp` (the Kafka message time) for rows written before `inserted_at`
+  existed. The incremental builds' watermark is on this time; the event `timestamp` stays the
+  semantic filter [W0, now).
+-#}
+{% macro recon_event_ingested_at(alias=none) -%}
+  {%- set p = (alias ~ '.') if alias else '' -%}
+  ifNull({{ p }}inserted_at, toDateTime64({{ p }}_timestamp, 6, 'UTC'))
+{%- endmacro %}
+
+{#- Per team value looked up from a two-column CTE/table (team_id, value), `default` for other teams. -#}
+{% macro recon_team_lookup(team_column, relation, value_column, default) -%}
+  transform(
+      {{ team_column }},
+      (select groupArray(team_id) from {{ relation }}),
+      (select groupArray({{ value_column }}) from {{ relation }}),
+      {{ default }})
+{%- endmacro %}
+
+{% macro recon_overlap() -%}
+  toIntervalSecond({{ recon_literal(recon_vars()['ingestion_overlap_seconds'], 'integer', bare=true) }})
+{%- endmacro %}
+
+{#- FINAL on a ReplacingMergeTree read; left out in unit tests, whose inputs are plain subqueries. -#}
+{% macro recon_final() -%}
+  {%- if model.resource_type == 'model' or model.resource_type == 'analysis' %}final{% endif -%}
+{%- endmacro %}

@@ -12,6 +12,7 @@
     window_seconds                         integer >= 0
     grid_seconds                           window_seconds (0 in single-pass mode: one window before W1, one after)
     person_batch_size                      integer >= 1
+    ingestion_overlap_seconds              integer >= 0
     source_database                        ClickHouse identifier
     mode                                   'single_pass' (window_seconds = 0) or 'windowed'
     semantics                              'original' (the original job's per-key rules) or 'replay'
@@ -24,8 +25,8 @@
         'bug_window_start': '2000-01-01 00:00:00', 'bug_window_end': '2000-01-02 00:00:00',
         'now': '2000-01-03 00:00:00', 'team_ids': [], 'exclude_team_ids': [],
         'min_team_id': none, 'max_team_id': none, 'window_seconds': 0, 'grid_seconds': 0,
-        'person_batch_size': 10000, 'source_database': 'posthog', 'mode': 'single_pass',
-        'semantics': 'original'}) }}
+        'person_batch_size': 10000, 'ingestion_overlap_seconds': 3600, 'source_database': 'posthog',
+        'mode': 'single_pass', 'semantics': 'original'}) }}
   {%- endif -%}
   {{ return(recon_check_vars({
       'bug_window_start': var('bug_window_start', none),
@@ -37,6 +38,7 @@
       'max_team_id': var('max_team_id', none),
       'window_seconds': var('window_seconds', 0),
       'person_batch_size': var('person_batch_size', 10000),
+      'ingestion_overlap_seconds': var('ingestion_overlap_seconds', 3600),
       'source_database': var('source_database', 'posthog'),
       'semantics': var('semantics', 'original'),
   })) }}
@@ -70,6 +72,7 @@
 
   {%- set window_seconds = recon_check_integer('window_seconds', raw['window_seconds'], minimum=0) -%}
   {%- set person_batch_size = recon_check_integer('person_batch_size', raw['person_batch_size'], minimum=1) -%}
+  {%- set overlap = recon_check_integer('ingestion_overlap_seconds', raw.get('ingestion_overlap_seconds', 3600), minimum=0) -%}
 
   {%- set source_database = raw['source_database'] -%}
   {%- if source_database is not string or not modules.re.fullmatch('[A-Za-z_][A-Za-z0-9_]{0,127}', source_database) -%}
@@ -89,7 +92,8 @@
       'team_ids': team_ids, 'exclude_team_ids': exclude_team_ids,
       'min_team_id': min_team_id, 'max_team_id': max_team_id,
       'window_seconds': window_seconds, 'grid_seconds': window_seconds,
-      'person_batch_size': person_batch_size, 'source_database': source_database,
+      'person_batch_size': person_batch_size, 'ingestion_overlap_seconds': overlap,
+      'source_database': source_database,
       'mode': 'windowed' if window_seconds > 0 else 'single_pass', 'semantics': semantics}) }}
 {% endmacro %}
 

@@ -4,7 +4,7 @@
         incremental_strategy='append',
         engine='AggregatingMergeTree',
         order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds',
-                  'window_start', 'slice_start', 'person_id', 'key'],
+                  'event_person_id', 'distinct_id', 'key', 'window_start', 'slice_start', 'ingested_slice'],
         on_schema_change='fail',
         query_settings={'optimize_on_insert': 0},
         post_hook=["{{ recon_record_built_until() }}"],
@@ -12,21 +12,29 @@
 }}
 {#-
   optimize_on_insert = 0: each INSERT already has one row per key, so collapsing rows on insert
-  would only cost time (about 40% of this model's insert, measured).
+  would only cost time.
 
-  Per team, window and person: the aggregated property operations of R5.7 as mergeable values, plus
-  per (team, window, slice) event counters and per team the ledger of what has been built.
-  See _intermediate__models.yml for the row kinds and the reasons for this materialisation.
+  Per team, window, distinct_id, event person and key: the aggregated property operations of R5.7 as
+  mergeable states (macros/recon_op_states.sql); per (team, window, hour of event time, hour of
+  ingestion) the event counters; per team the ledger of what has been built. Persons are NOT resolved
+  here: the overrides are applied when the diff is built, so a merge after this build is honoured.
+  See _intermediate__models.yml for the row kinds, the watermark and the reasons.
 -#}
 {%- set v = recon_vars() -%}
 {%- if is_incremental() %}{{ recon_check_now_not_behind_ledger() }}{% endif %}
 
 with built as (
-    -- where each team's previous builds of this grid stopped (the ledger rows of the post-hook)
+    -- per team, where the previous builds of this grid stopped: in event time (their `now`) and in
+    -- ingestion time (the newest ingested event they read)
     {%- if is_incremental() %}
     select
         ledger.team_id as team_id,
-        max(ledger.built_until) as built_until
+        -- whole hours of event time: every counter cell of the hour is counted again in full
+        toDateTime64(toStartOfHour(max(ledger.built_until)), 6, 'UTC') as read_from,
+        -- the overlap, rounded down to whole hours of ingestion time, likewise
+        toDateTime64(
+            toStartOfHour(coalesce(max(ledger.ingested_until), max(ledger.built_until)) - {{ recon_overlap() }}), 6, 'UTC'
+        ) as ingested_from
     from {{ this }} as ledger
     where {{ recon_grid_filter('ledger') }}
         and ledger.built_until is not null
@@ -35,7 +43,8 @@ with built as (
     {%- else %}
     select
         toInt64(0) as team_id,
-        {{ recon_ts('bug_window_start') }} as built_until
+        {{ recon_ts('bug_window_start') }} as read_from,
+        {{ recon_ts('bug_window_start') }} as ingested_from
     where false
     {%- endif %}
 ),
@@ -45,37 +54,31 @@ operations as (
         team_id as op_team_id,
         event_uuid,
         timestamp,
-        person_id as op_person_id,
+        ingested_at,
+        distinct_id as op_distinct_id,
+        event_person_id as op_event_person_id,
         kind,
         key as op_key,
         value,
         position,
         event_has_operation_keys,
         event_is_malformed,
-        event_operations,
-        transform(
-            team_id,
-            (select groupArray(team_id) as teams from built),
-            (select groupArray(built_until) as ends from built),
-            {{ recon_ts('bug_window_start') }}
-        ) as build_from
+        event_operations
     from {{ ref('stg_posthog__property_operations') }}
-    where timestamp >= build_from
+    -- new event time since the last build, or ingested since its watermark minus the overlap
+    where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
+        or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
 ),
 
--- all events, for the `events` counter (no properties read)
+-- all events, for the `events` counter and the ingestion watermark (no properties read)
 events as (
     select
         team_id as event_team_id,
         timestamp,
-        transform(
-            team_id,
-            (select groupArray(team_id) as teams from built),
-            (select groupArray(built_until) as ends from built),
-            {{ recon_ts('bug_window_start') }}
-        ) as build_from
+        ingested_at
     from {{ ref('stg_posthog__events') }}
-    where timestamp >= build_from
+    where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
+        or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
 )
 
 select
@@ -83,34 +86,26 @@ select
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
-    {{ recon_window_start('timestamp') }} as window_start,
-    greatest(window_start, build_from) as slice_start,
-    if(kind = 'event', {{ recon_nil_uuid() }}, op_person_id) as person_id,
+    if(kind = 'event', {{ recon_nil_uuid() }}, op_event_person_id) as event_person_id,
+    if(kind = 'event', '', op_distinct_id) as distinct_id,
     if(kind = 'event', '', op_key) as key,
-    -- R5.7 with the deterministic tie-break of R5.9: the greatest / least (timestamp, event uuid,
-    -- position, value); max and min are idempotent, so re-inserting a window changes nothing.
-    cast(
-        maxOrNullIf(tuple(timestamp, event_uuid, position, value), kind = 'set')
-        as SimpleAggregateFunction(max, Nullable({{ recon_operation_type() }}))
-    ) as last_set,
-    cast(
-        minOrNullIf(tuple(timestamp, event_uuid, position, value), kind = 'set_once')
-        as SimpleAggregateFunction(min, Nullable({{ recon_operation_type() }}))
-    ) as first_set_once,
-    cast(
-        maxOrNullIf(timestamp, kind = 'unset')
-        as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))
-    ) as last_unset_at,
-    -- counters of the slice (event rows only); max keeps them exact when a slice is inserted twice,
-    -- and merges them with the `events` counter of the second branch (same key, other column)
+    {{ recon_window_start('timestamp') }} as window_start,
+    if(kind = 'event', toDateTime64(toStartOfHour(timestamp), 6, 'UTC'), window_start) as slice_start,
+    if(kind = 'event', toDateTime64(toStartOfHour(ingested_at), 6, 'UTC'), window_start) as ingested_slice,
+    -- R5.7 with the deterministic tie-break of R5.9 (macros/recon_op_states.sql)
+    {{ recon_op_states_select(real=true) }},
+    -- counters of the cell (event rows only); max keeps them exact when a cell is counted again in
+    -- full, and merges them with the `events` counter of the second branch (same key, other column)
     cast(0 as SimpleAggregateFunction(max, UInt64)) as events,
     cast(countIf(kind = 'event' and event_has_operation_keys) as SimpleAggregateFunction(max, UInt64))
         as events_with_operation_keys,
     cast(countIf(kind = 'event' and event_is_malformed) as SimpleAggregateFunction(max, UInt64)) as malformed_events,
     cast(sumIf(toUInt64(event_operations), kind = 'event') as SimpleAggregateFunction(max, UInt64)) as operations,
-    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as built_until
+    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_max,
+    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as built_until,
+    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_until
 from operations
-group by team_id, window_start, slice_start, person_id, key
+group by team_id, event_person_id, distinct_id, key, window_start, slice_start, ingested_slice
 
 union all
 
@@ -119,17 +114,19 @@ select
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
-    {{ recon_window_start('timestamp') }} as window_start,
-    greatest(window_start, build_from) as slice_start,
-    {{ recon_nil_uuid() }} as person_id,
+    {{ recon_nil_uuid() }} as event_person_id,
+    '' as distinct_id,
     '' as key,
-    cast(null as SimpleAggregateFunction(max, Nullable({{ recon_operation_type() }}))) as last_set,
-    cast(null as SimpleAggregateFunction(min, Nullable({{ recon_operation_type() }}))) as first_set_once,
-    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as last_unset_at,
+    {{ recon_window_start('timestamp') }} as window_start,
+    toDateTime64(toStartOfHour(timestamp), 6, 'UTC') as slice_start,
+    toDateTime64(toStartOfHour(ingested_at), 6, 'UTC') as ingested_slice,
+    {{ recon_op_states_select(real=false) }},
     cast(count() as SimpleAggregateFunction(max, UInt64)) as events,
     cast(0 as SimpleAggregateFunction(max, UInt64)) as events_with_operation_keys,
     cast(0 as SimpleAggregateFunction(max, UInt64)) as malformed_events,
     cast(0 as SimpleAggregateFunction(max, UInt64)) as operations,
-    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as built_until
+    cast(max(ingested_at) as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_max,
+    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as built_until,
+    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_until
 from events
-group by team_id, window_start, slice_start
+group by team_id, window_start, slice_start, ingested_slice

@@ -6,19 +6,22 @@
   are split at W1, so no second scan of `events` is needed.
 -#}
 with slice_counters as (
-    -- one value per (team, window, slice); max collapses a slice that was inserted twice
+    -- one value per counter cell (team, window, hour of event time, hour of ingestion); max collapses
+    -- a cell counted again by a later build
     select
         team_id,
         window_start,
         slice_start,
+        ingested_slice,
         max(events_with_operation_keys) as events_with_operation_keys
     from {{ ref('int_person_property_ops__by_window') }}
     where {{ recon_grid_filter() }}
         and {{ recon_team_filter('team_id') }}
         and window_start < {{ recon_ts('bug_window_end') }}
-        and person_id = {{ recon_nil_uuid() }}
+        and event_person_id = {{ recon_nil_uuid() }}
+        and distinct_id = ''
         and key = ''
-    group by team_id, window_start, slice_start
+    group by team_id, window_start, slice_start, ingested_slice
 )
 
 select

@@ -11,20 +11,23 @@ with discovered as (
 ),
 
 slice_counters as (
-    -- one value per (team, window, slice) of this grid; max collapses a slice inserted twice
+    -- one value per counter cell (team, window, hour of event time, hour of ingestion) of this grid;
+    -- max collapses a cell counted again in full by a later build
     select
         team_id,
         window_start,
         slice_start,
+        ingested_slice,
         max(events) as events,
         max(operations) as operations,
         max(malformed_events) as malformed_events
     from {{ ref('int_person_property_ops__by_window') }}
     where {{ recon_grid_filter() }}
         and team_id in (select team_id from discovered)
-        and person_id = {{ recon_nil_uuid() }}
+        and event_person_id = {{ recon_nil_uuid() }}
+        and distinct_id = ''
         and key = ''
-    group by team_id, window_start, slice_start
+    group by team_id, window_start, slice_start, ingested_slice
 ),
 
 counters as (
@@ -40,8 +43,10 @@ counters as (
 affected as (
     select
         team_id,
-        count() as persons_affected
-    from {{ ref('int_persons__affected') }}
+        countIf(affected = 1) as persons_affected
+    from {{ ref('int_person_property_diff__persons') }} {{ recon_final() }}
+    where {{ recon_grid_filter() }}
+        and team_id in (select team_id from discovered)
     group by team_id
 ),
 

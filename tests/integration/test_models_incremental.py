@@ -53,17 +53,25 @@ class Data:
         self.persons: list[rr.PersonRow] = []
         self.overrides: list[rr.OverrideRow] = []
 
-    def person(self, label: str, properties: dict, version: int = 1, team: int = 1, deleted: int = 0) -> uuid.UUID:
+    def person(
+        self, label: str, properties: dict, version: int = 1, team: int = 1, deleted: int = 0
+    ) -> uuid.UUID:
         self.persons.append(
             rr.PersonRow(uid(label), team, json.dumps(properties), deleted, version, self.ingested, version)
         )
         return uid(label)
 
-    def event(self, label: str, owner: uuid.UUID, when: str, properties: str, distinct: str = "", team: int = 1) -> None:
+    def event(
+        self, label: str, owner: uuid.UUID, when: str, properties: str, distinct: str = "", team: int = 1
+    ) -> None:
         self.events.append(rr.Event(uid(label), team, distinct or str(owner), owner, ts(when), properties))
 
-    def override(self, distinct: str, person: uuid.UUID, version: int, deleted: int = 0, team: int = 1) -> None:
-        self.overrides.append(rr.OverrideRow(team, distinct, person, deleted, version, self.ingested, version, 0))
+    def override(
+        self, distinct: str, person: uuid.UUID, version: int, deleted: int = 0, team: int = 1
+    ) -> None:
+        self.overrides.append(
+            rr.OverrideRow(team, distinct, person, deleted, version, self.ingested, version, 0)
+        )
 
     def write(self, env: mh.ModelsEnv) -> None:
         env.insert_events(self.events, ingested_at=self.ingested)
@@ -83,10 +91,16 @@ CASES: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 
-def first_data() -> Data:
-    d = Data(FIRST_INGEST)
+def steady_data() -> Data:
+    """A person nothing happens to later, ingested a day before the rest (outside the overlap)."""
+    d = Data(FIRST_INGEST - timedelta(days=1))
     steady = d.person("steady", {"plan": "free"})
     d.event("steady-1", steady, "2026-01-07 01:00:00", props(**{"$set": {"plan": "pro"}}))
+    return d
+
+
+def first_data() -> Data:
+    d = Data(FIRST_INGEST)
 
     late = d.person("late", {"email": "old@example.com"})
     d.event("late-1", late, "2026-01-07 10:00:00", props(**{"$set": {"email": "a@example.com"}}))
@@ -129,15 +143,15 @@ def later_data() -> Data:
     d = Data(LATER_INGEST)
     # an event ingested after the first build, with a timestamp inside the bug window (issue 12)
     d.event("late-2", uid("late"), "2026-01-07 14:00:00", props(**{"$set": {"email": "late@example.com"}}))
-    d.event("late-only-1", uid("late-only"), "2026-01-07 14:00:00", props(**{"$set": {"email": "b@example.com"}}))
+    d.event(
+        "late-only-1", uid("late-only"), "2026-01-07 14:00:00", props(**{"$set": {"email": "b@example.com"}})
+    )
     # b-dev is merged into person a: its operations now belong to a
     d.override("b-dev", uid("merge-a"), 1)
     # the override of c-dev is withdrawn: its events fall back to their own person c
     d.override("c-dev", uid("unmerge-d"), 2, deleted=1)
     # ingestion caught up: the person now holds the value and lost the key
-    d.persons.append(
-        rr.PersonRow(uid("caught-up"), 1, json.dumps({"plan": "pro"}), 0, 2, LATER_INGEST, 2)
-    )
+    d.persons.append(rr.PersonRow(uid("caught-up"), 1, json.dumps({"plan": "pro"}), 0, 2, LATER_INGEST, 2))
     # deleted in ClickHouse (PostHog deletes with version + 100)
     d.persons.append(rr.PersonRow(uid("deleted"), 1, "{}", 1, 101, LATER_INGEST, 101))
     # a new team
@@ -164,8 +178,14 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     incremental.init_sources()
     incremental.drop_models()
     full.drop_models()
-    base = {"bug_window_start": W0, "bug_window_end": W1, "window_seconds": MODES[mode], "person_batch_size": 3}
+    base = {
+        "bug_window_start": W0,
+        "bug_window_end": W1,
+        "window_seconds": MODES[mode],
+        "person_batch_size": 3,
+    }
 
+    steady_data().write(incremental)
     first_data().write(incremental)
     incremental.run({**base, "now": NOW1})
     first_rows = without_run_columns(incremental.diff_rows())
@@ -237,4 +257,3 @@ def test_steady_persons_are_not_recomputed(built: dict) -> None:
     latest = env.diff_rows()[0][16]
     assert invocations[uid("steady")] != latest
     assert invocations[uid("late")] == latest and invocations[uid("merge-a")] == latest
-

@@ -70,3 +70,67 @@ def recon_check_now_not_behind_ledger() -> str:
 
 def recon_operation_type() -> str:
     return "Tuple(at DateTime64(6, 'UTC'), event_uuid UUID, position UInt32, value String)"
+
+
+_STATES = [
+    {"name": "last_set", "merge": "max", "type": "Nullable(String)", "expr": "max(value)"},
+    {"name": "last_unset_at", "merge": "max", "type": "Nullable(String)", "expr": "max(value)"},
+]
+
+
+def recon_op_states() -> list:
+    return _STATES
+
+
+def recon_op_states_select(real: bool = True) -> str:
+    return ",\n    ".join(
+        f"cast({s['expr'] if real else 'null'} as "
+        f"SimpleAggregateFunction({s['merge']}, {s['type']})) as {s['name']}"
+        for s in _STATES
+    )
+
+
+def recon_op_states_merge(
+    alias: str, prefix: str = "", condition: str | None = None, more: bool = False
+) -> str:
+    items = ",\n        ".join(f"{s['merge']}({alias}.{s['name']}) as {prefix}{s['name']}" for s in _STATES)
+    return items + ("," if more else "")
+
+
+def recon_op_states_present(alias: str) -> str:
+    return f"({alias}.last_set is not null or {alias}.last_unset_at is not null)"
+
+
+def recon_event_ingested_at(alias: str | None = None) -> str:
+    return f"ifNull({alias + '.' if alias else ''}inserted_at, _timestamp)"
+
+
+def recon_team_lookup(team_column: str, relation: str, value_column: str, default: str) -> str:
+    return (
+        f"transform({team_column}, (select groupArray(team_id) from {relation}), "
+        f"(select groupArray({value_column}) from {relation}), {default})"
+    )
+
+
+def recon_overlap() -> str:
+    return "toIntervalSecond(3600)"
+
+
+def recon_final() -> str:
+    return "final"
+
+
+def recon_build_version() -> str:
+    return "2"
+
+
+def recon_in_scope(team: str, person: str) -> str:
+    return "true"
+
+
+def recon_op_states_columns(alias: str) -> str:
+    return ",\n        ".join(f"{alias}.{s['name']} as {s['name']}" for s in _STATES)
+
+
+def recon_op_states_names() -> str:
+    return ",\n        ".join(s["name"] for s in _STATES)

@@ -1,6 +1,8 @@
 {#-
-  Property operations carried by events (spec R5), with the person resolved through the live overrides
-  (R5.3). Grain: one row per operation (kind set, set_once, unset), plus exactly one row of kind
+  Property operations carried by events (spec R5), with the event's distinct_id and own person_id:
+  the person is resolved through the overrides (R5.3) only when the diff is built
+  (int_person_property_diff__persons), so that a merge after an aggregation lands on the right
+  person. Grain: one row per operation (kind set, set_once, unset), plus exactly one row of kind
   `event` per event read, which carries the event's counters (so that operation keys (R4.1),
   malformed JSON and operations are counted in the same single scan of `events` that extracts them).
 
@@ -27,6 +29,7 @@ with events_in_scope as (
         team_id,
         uuid as event_uuid,
         timestamp,
+        {{ recon_event_ingested_at() }} as ingested_at,
         distinct_id,
         person_id as event_person_id,
         if(position(properties, '"$set"') > 0, JSONExtractRaw(properties, '$set'), '') as set_json,
@@ -42,20 +45,9 @@ with events_in_scope as (
         and (position(properties, '$set') > 0 or position(properties, '$unset') > 0)
 ),
 
-resolved as (
-    select
-        events_in_scope.*,
-        -- R5.3: an unmatched left-join row has an empty distinct_id
-        if(overrides.distinct_id != '', overrides.person_id, events_in_scope.event_person_id) as person_id
-    from events_in_scope
-    left join {{ ref('base_posthog__live_distinct_id_overrides') }} as overrides
-        on events_in_scope.team_id = overrides.team_id
-            and events_in_scope.distinct_id = overrides.distinct_id
-),
-
 extracted as (
     select
-        resolved.*,
+        events_in_scope.*,
         JSONExtractKeysAndValuesRaw(set_json) as set_members,
         JSONExtractKeysAndValuesRaw(set_once_json) as set_once_members,
         JSONExtractArrayRaw(unset_json) as unset_elements,
@@ -85,16 +77,16 @@ extracted as (
                 )
             )
         ) as operations
-    from resolved
+    from events_in_scope
 )
 
 select
     team_id,
     event_uuid,
     timestamp,
+    ingested_at,
     distinct_id,
     event_person_id,
-    person_id,
     operation.1 as kind,
     operation.2 as key,
     operation.3 as value,

@@ -1,0 +1,333 @@
+-- depends_on: {{ ref('stg_posthog__events') }}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        engine='ReplacingMergeTree(computed_version)',
+        order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds', 'person_id'],
+        on_schema_change='fail',
+        post_hook=["{{ recon_record_diffed_until() }}"],
+    )
+}}
+{#-
+  Per resolved person: whether it is affected (R6.1-R6.2 single pass, R8.8 windowed) and its diff
+  entries after section 7. Incremental: a build recomputes only the persons whose inputs changed since
+  the previous build of this grid (the "dirty" persons) and appends their new rows; ReplacingMergeTree
+  keeps the newest row per person (readers use FINAL). A team without a previous build is computed in
+  full. See _intermediate__models.yml for the dirty set and the reasons.
+-#}
+{%- set v = recon_vars() -%}
+{%- set incremental = is_incremental() -%}
+{%- set windowed = v['mode'] == 'windowed' -%}
+{%- set nil = recon_nil_uuid() -%}
+{%- set version = recon_build_version() -%}
+{%- set empty_ts = "cast([] as Array(DateTime64(6, 'UTC')))" -%}
+{%- set null_ts = "cast(null as Nullable(DateTime64(6, 'UTC')))" -%}
+
+
+-- the incremental blocks are not rendered by the linter, which then misjudges their indentation
+-- noqa: disable=LT02
+with
+{%- if incremental %}
+ledger as (
+    -- per team, where the previous build of this grid stopped (its post-hook's ledger row)
+    select
+        ledger_rows.team_id as team_id,
+        argMax(ledger_rows.built_until, ledger_rows.computed_version) as read_from,
+        argMax(ledger_rows.events_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as events_from,
+        argMax(ledger_rows.persons_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as persons_from,
+        argMax(ledger_rows.overrides_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as overrides_from
+    from {{ this }} as ledger_rows
+    where {{ recon_grid_filter('ledger_rows') }}
+        and ledger_rows.person_id = {{ nil }}
+        and ledger_rows.built_until is not null
+        and {{ recon_team_filter('ledger_rows.team_id') }}
+    group by ledger_rows.team_id
+),
+
+-- (team, distinct_id, event person) groups with events new since that build: new event time, or
+-- ingested since its watermark minus the overlap (events without operations included: a superset)
+touched_groups as (
+    select distinct
+        team_id,
+        distinct_id,
+        event_person_id
+    from {{ ref('stg_posthog__events') }}
+    where team_id in (select team_id from ledger)
+        and (
+            timestamp >= {{ recon_team_lookup('team_id', 'ledger', 'assumeNotNull(read_from)', recon_ts('bug_window_start')) }}
+            or ingested_at >= {{ recon_team_lookup(
+                'team_id', 'ledger', 'assumeNotNull(events_from)', recon_ts('bug_window_start')) }}
+        )
+),
+
+-- distinct_ids with override rows ingested since that build (merges, reassignments, withdrawals)
+changed_distinct_ids as (
+    select distinct
+        team_id,
+        distinct_id
+    from {{ source('posthog', 'person_distinct_id_overrides') }}
+    where team_id in (select team_id from ledger)
+        and _timestamp >= {{ recon_team_lookup(
+            'team_id', 'ledger', 'assumeNotNull(overrides_from)', recon_ts('bug_window_start')) }}
+),
+
+dirty as (
+    -- new operations: the person their group resolves to now
+    select
+        touched.team_id as team_id,
+        if(overrides.distinct_id != '', overrides.person_id, touched.event_person_id) as person_id
+    from touched_groups as touched
+    left join {{ ref('base_posthog__live_distinct_id_overrides') }} as overrides
+        on touched.team_id = overrides.team_id
+            and touched.distinct_id = overrides.distinct_id
+    union distinct
+    -- new person rows: new versions (caught up by ingestion, repaired) and deletions
+    select
+        team_id,
+        id as person_id
+    from {{ source('posthog', 'person') }}
+    where team_id in (select team_id from ledger)
+        and _timestamp >= {{ recon_team_lookup(
+            'team_id', 'ledger', 'assumeNotNull(persons_from)', recon_ts('bug_window_start')) }}
+    union distinct
+    -- new override rows: every person their distinct_ids were or are attached to (a superset)
+    select
+        team_id,
+        person_id
+    from {{ source('posthog', 'person_distinct_id_overrides') }}
+    where (team_id, distinct_id) in (
+        select
+            team_id,
+            distinct_id
+        from changed_distinct_ids
+    )
+    union distinct
+    select
+        team_id,
+        event_person_id as person_id
+    from {{ ref('int_person_property_ops__by_window') }}
+    where {{ recon_grid_filter() }}
+        and (team_id, distinct_id) in (
+            select
+                team_id,
+                distinct_id
+            from changed_distinct_ids
+        )
+),
+{%- endif %}
+-- noqa: enable=LT02
+
+-- distinct_ids whose live override points to a person computed here
+attached as (
+    select
+        team_id,
+        distinct_id
+    from {{ ref('base_posthog__live_distinct_id_overrides') }}
+    where {{ recon_team_filter('team_id') }}
+        and {{ recon_in_scope('team_id', 'person_id') }}
+),
+
+-- every group that may resolve to a person computed here, resolved through the live overrides (R5.3)
+resolved as (
+    select
+        group_rows.team_id as team_id,
+        -- an unmatched left-join row has an empty distinct_id
+        if(overrides.distinct_id != '', overrides.person_id, group_rows.event_person_id) as person_id,
+        group_rows.key as key,
+        group_rows.window_start as window_start,
+        {{ recon_op_states_columns('group_rows') }}
+    from {{ ref('int_person_property_ops__by_window') }} as group_rows
+    left join {{ ref('base_posthog__live_distinct_id_overrides') }} as overrides
+        on group_rows.team_id = overrides.team_id
+            and group_rows.distinct_id = overrides.distinct_id
+    where {{ recon_grid_filter('group_rows') }}
+        and {{ recon_team_filter('group_rows.team_id') }}
+        and {{ recon_op_states_present('group_rows') }}
+        -- noqa: disable=LT02
+        {%- if incremental %}
+        and (
+            group_rows.team_id not in (select team_id from ledger)
+            or (group_rows.team_id, group_rows.event_person_id) in (
+                select
+                    team_id,
+                    person_id
+                from dirty
+            )
+            or (group_rows.team_id, group_rows.distinct_id) in (
+                select
+                    team_id,
+                    distinct_id
+                from attached
+            )
+        )
+        {%- endif %}
+-- noqa: enable=LT02
+),
+
+-- all windows from W0 to now merged per person and key (R5.7 / R8.3), and, windowed, those before W1
+operations as (
+    select
+        resolved.team_id as team_id,
+        resolved.person_id as person_id,
+        resolved.key as key,
+        {{ recon_op_states_merge('resolved', more=windowed) }}
+        {{ recon_op_states_merge('resolved', prefix='window_', condition='resolved.window_start < ' ~ recon_ts('bug_window_end'))
+            if windowed }}
+    from resolved
+    where {{ recon_in_scope('resolved.team_id', 'resolved.person_id') }}
+    group by resolved.team_id, resolved.person_id, resolved.key
+),
+
+persons as (
+    select
+        team_id,
+        person_id,
+        baseline_version,
+        state_keys,
+        state_values,
+        toUInt8(1) as is_live
+    from {{ ref('stg_posthog__persons') }}
+    where {{ recon_in_scope('team_id', 'person_id') }}
+),
+
+with_state as (
+    select
+        operations.*,
+        persons.baseline_version as baseline_version,
+        persons.state_keys as state_keys,
+        persons.state_values as state_values,
+        persons.is_live as is_live
+    from operations
+    -- persons absent from ClickHouse or deleted there get the defaults: is_live = 0 (gotcha 11)
+    left join persons
+        on operations.team_id = persons.team_id
+            and operations.person_id = persons.person_id
+),
+
+{%- if windowed %}
+-- R8.8 step 1: a difference under R6.4 between the operations of [W0, W1) alone and the current
+-- state (the conflict filter never removes a person, R7.3)
+window_checked as (
+    select
+        team_id,
+        person_id,
+        key,
+        baseline_version,
+        state_keys,
+        state_values,
+        is_live,
+        window_diff,
+        {{ recon_op_states_names() }}
+    from (
+        select
+            with_state.*,
+            {{ recon_key_decisions(
+                key='key', last_set='window_last_set', first_set_once='window_first_set_once',
+                last_unset_at='window_last_unset_at') }},
+            in_set or in_set_once or in_unset as window_diff
+        from with_state
+    )
+),
+{%- endif %}
+
+decided as (
+    select
+        team_id,
+        person_id,
+        key,
+        baseline_version,
+        is_live,
+        {{ 'window_diff' if windowed else 'toUInt8(1) as window_diff' }},
+        {{ recon_key_decisions() }}
+    from {{ 'window_checked' if windowed else 'with_state' }}
+),
+
+per_person as (
+    select
+        team_id,
+        person_id,
+        max(is_live) as live,
+        toUInt8(live and max(window_diff)) as is_affected,
+        any(baseline_version) as baseline,
+        arraySort(groupArrayIf(tuple(key, set_value, set_at), keep_set)) as set_entries,
+        arraySort(groupArrayIf(tuple(key, set_once_value, set_once_at), keep_set_once)) as set_once_entries,
+        arraySort(groupArrayIf(tuple(key, unset_at), keep_unset)) as unset_entries
+    from decided
+    group by team_id, person_id
+)
+
+select
+    team_id,
+    {{ recon_ts('bug_window_start') }} as bug_window_start,
+    {{ recon_ts('bug_window_end') }} as bug_window_end,
+    toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
+    person_id,
+    toUInt8(1) as has_operations,
+    toUInt8(live) as is_live,
+    is_affected as affected,
+    toUInt8(is_affected and length(set_entries) + length(set_once_entries) + length(unset_entries) > 0) as has_diff,
+    toUInt64(if(live, baseline, 0)) as baseline_version,
+    arrayMap(entry -> entry.1, if(is_affected, set_entries, [])) as set_keys,
+    arrayMap(entry -> entry.2, if(is_affected, set_entries, [])) as set_values,
+    arrayMap(entry -> entry.3, if(is_affected, set_entries, [])) as set_timestamps,
+    arrayMap(entry -> entry.1, if(is_affected, set_once_entries, [])) as set_once_keys,
+    arrayMap(entry -> entry.2, if(is_affected, set_once_entries, [])) as set_once_values,
+    arrayMap(entry -> entry.3, if(is_affected, set_once_entries, [])) as set_once_timestamps,
+    arrayMap(entry -> entry.1, if(is_affected, unset_entries, [])) as unset_keys,
+    arrayMap(entry -> entry.2, if(is_affected, unset_entries, [])) as unset_timestamps,
+    toUInt64({{ version }} + 1) as computed_version,
+    {{ recon_literal(invocation_id, 'string') }} as invocation_id,
+    {{ null_ts }} as built_until,
+    {{ null_ts }} as events_ingested_until,
+    {{ null_ts }} as persons_ingested_until,
+    {{ null_ts }} as overrides_ingested_until
+from per_person
+{%- if incremental %}
+
+union all
+
+-- an empty row (older version than the rows above) for every person recomputed here, so that a
+-- person left without operations, or no longer live, loses its previous row
+select
+    team_id,
+    {{ recon_ts('bug_window_start') }} as bug_window_start,
+    {{ recon_ts('bug_window_end') }} as bug_window_end,
+    toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
+    person_id,
+    toUInt8(0) as has_operations,
+    toUInt8(0) as is_live,
+    toUInt8(0) as affected,
+    toUInt8(0) as has_diff,
+    toUInt64(0) as baseline_version,
+    cast([] as Array(String)) as set_keys,
+    cast([] as Array(String)) as set_values,
+    {{ empty_ts }} as set_timestamps,
+    cast([] as Array(String)) as set_once_keys,
+    cast([] as Array(String)) as set_once_values,
+    {{ empty_ts }} as set_once_timestamps,
+    cast([] as Array(String)) as unset_keys,
+    {{ empty_ts }} as unset_timestamps,
+    toUInt64({{ version }}) as computed_version,
+    {{ recon_literal(invocation_id, 'string') }} as invocation_id,
+    {{ null_ts }} as built_until,
+    {{ null_ts }} as events_ingested_until,
+    {{ null_ts }} as persons_ingested_until,
+    {{ null_ts }} as overrides_ingested_until
+from (
+    select
+        team_id,
+        person_id
+    from dirty
+    union distinct
+    -- teams computed in full: every person a previous (unfinished) build left for them
+    select
+        team_id,
+        person_id
+    from {{ this }}
+    where {{ recon_grid_filter() }}
+        and person_id != {{ nil }}
+        and {{ recon_team_filter('team_id') }}
+        and team_id not in (select team_id from ledger)
+)
+{%- endif %}
