@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -24,7 +25,12 @@ ENV_MAX_RATE = "RECON_MAX_RATE"
 
 
 class Pacer:
-    """At most `max_rate` persons per second, enforced across batches; None or 0 = unlimited."""
+    """At most `max_rate` persons per second, enforced across batches; None or 0 = unlimited.
+
+    Counting reserves time: `count(n)` moves the earliest start of the next batch `n / max_rate`
+    seconds past the later of itself and now (so idle time earns no credit), and `before_batch()`
+    sleeps until then. Thread-safe: appliers running in threads of one process (`runner schedule`)
+    share one pacer (`shared()`), so the limit holds for the process as a whole."""
 
     def __init__(
         self,
@@ -38,9 +44,18 @@ class Pacer:
         self.max_rate = max_rate or None
         self._clock = clock
         self._sleep = sleep
-        self._batch_started: float | None = None
-        self._counted = 0  # persons of the batch started at `_batch_started`
+        self._lock = threading.Lock()
+        self._next_start: float | None = None  # earliest start of the next batch
         self.slept = 0.0
+
+    @classmethod
+    def shared(cls, max_rate: float | None) -> Pacer:
+        """The process-wide pacer for this limit."""
+        with _SHARED_LOCK:
+            pacer = _SHARED.get(max_rate or None)
+            if pacer is None:
+                pacer = _SHARED[max_rate or None] = cls(max_rate)
+            return pacer
 
     @property
     def limited(self) -> bool:
@@ -51,27 +66,34 @@ class Pacer:
         no row locks: the wait must never keep live traffic waiting."""
         if self.max_rate is None:
             return 0.0
-        now = self._clock()
-        delay = 0.0
-        if self._batch_started is not None:
-            delay = self._batch_started + self._counted / self.max_rate - now
-        if delay > 0:
-            self._sleep(delay)
+        with self._lock:
+            target = self._next_start
+        delay = 0.0 if target is None else target - self._clock()
+        if delay <= 0:
+            return 0.0
+        self._sleep(delay)
+        with self._lock:
             self.slept += delay
-            now += delay
-        self._batch_started = now
-        self._counted = 0
-        return max(delay, 0.0)
+        return delay
 
     def count(self, persons: int) -> None:
         """Persons the current batch takes on (call as they are taken; a batch may count several times)."""
-        self._counted += max(0, persons)
+        if self.max_rate is None or persons <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            start = now if self._next_start is None else max(self._next_start, now)
+            self._next_start = start + persons / self.max_rate
 
     def wait(self, persons: int) -> float:
         """`before_batch()` then `count(persons)`: one call per batch when its size is known upfront."""
         slept = self.before_batch()
         self.count(persons)
         return slept
+
+
+_SHARED: dict[float | None, Pacer] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class Progress:
@@ -128,10 +150,11 @@ class Throttle:
         *,
         log: Callable[[str], None] | None = None,
         every: float = 10.0,
+        pacer: Pacer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ):
-        self.pacer = Pacer(max_rate, clock=clock, sleep=sleep)
+        # Default: the process-wide pacer of this limit, shared with the other appliers of the process.
+        self.pacer = Pacer.shared(max_rate) if pacer is None else pacer
         self.progress = Progress(total, clock=clock)
         self.what = what
         self._log = log or logging.getLogger("runner.progress").info

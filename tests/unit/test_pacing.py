@@ -117,7 +117,7 @@ def test_progress_of_nothing() -> None:
 def test_throttle_paces_and_logs_progress_at_batch_boundaries() -> None:
     clock = FakeClock()
     lines: list[str] = []
-    throttle = Throttle(100, 400, "job j", log=lines.append, every=1.5, clock=clock, sleep=clock.sleep)
+    throttle = Throttle(100, 400, "job j", log=lines.append, every=1.5, pacer=pacer(100, clock), clock=clock)
     for _ in range(4):
         throttle.before_batch()
         throttle.count(50)
@@ -128,3 +128,22 @@ def test_throttle_paces_and_logs_progress_at_batch_boundaries() -> None:
         "job j: 100/400 persons (25%), 100/s, ETA 0:00:03 (limited to 100/s)",
         "job j: 300/400 persons (75%), 100/s, ETA 0:00:01 (limited to 100/s)",
     ]
+
+
+def test_appliers_sharing_a_pacer_share_the_limit() -> None:
+    """Two appliers of one process (schedule tasks) take turns within one limit."""
+    clock = FakeClock()
+    shared = pacer(100, clock)
+    a = Throttle(100, 100, "a", log=lambda _: None, pacer=shared, clock=clock)
+    b = Throttle(100, 100, "b", log=lambda _: None, pacer=shared, clock=clock)
+    a.before_batch()
+    a.count(50)
+    assert b.before_batch() == pytest.approx(0.5)
+    b.count(50)
+    assert a.before_batch() == pytest.approx(0.5)
+
+
+def test_shared_pacers_are_per_limit() -> None:
+    assert Pacer.shared(123.0) is Pacer.shared(123.0)
+    assert Pacer.shared(123.0) is not Pacer.shared(124.0)
+    assert not Pacer.shared(None).limited
