@@ -50,7 +50,7 @@ from uuid import UUID
 import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner import diffs, faults, ledger, metrics, persons
+from runner import diffs, faults, ledger, metrics, outbox, persons
 from runner.merge import (
     PersonDiff,
     conflict_filter,
@@ -74,7 +74,7 @@ OUTCOMES = (SUCCESS, NO_CHANGES, NOT_FOUND, VERSION_CONFLICT, TEAM_FAILED)
 LOCK_ATTEMPTS = 3
 LOCK_RETRY_WAITS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
 
-REQUIRED_MIGRATION = 6
+REQUIRED_MIGRATION = 7  # 7: outbox quarantine (runner.outbox)
 
 # Messages of the open transaction kept in memory for publishing after its commit; past this (a large
 # --batch-size, or 0) the publisher reads them back from the outbox instead, so memory stays flat.
@@ -143,6 +143,7 @@ class RunResult:
     duration_seconds: float = 0.0
     published_backlog: int = 0
     metrics: list[metrics.Counter] = field(default_factory=list)
+    quarantined: int = 0  # messages of this job Kafka rejected for good (runner.outbox): exit 1
 
     @property
     def failed(self) -> bool:
@@ -241,6 +242,8 @@ class Applier:
                 if self._flight is not None:
                     self._land(None)
                 self._confirm_deliveries(result.teams)
+                if not cfg.dry_run:
+                    result.quarantined = outbox.job_quarantined(self.control, cfg.job_id)
             else:
                 result.teams = [
                     TeamResult(t.team_id, status=ledger.FAILED, error=f"not started: {result.error}")

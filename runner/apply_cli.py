@@ -1,7 +1,8 @@
 """`runner apply`: apply the diff table to Postgres and publish the updated persons to Kafka.
 
 Exit codes: 0 every team succeeded; 1 at least one team failed (or unpublished messages of an earlier
-run could not be published, so no new work started); 2 bad usage or configuration, nothing written.
+run could not be published, so no new work started; or messages of the job are quarantined, see
+`runner outbox`); 2 bad usage or configuration, nothing written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import click
 
-from runner import diffs, job_lock, ledger, options, settings
+from runner import diffs, job_lock, ledger, options, outbox, settings
 from runner import warehouse as wh
 from runner.applier import (
     NO_CHANGES,
@@ -85,6 +86,8 @@ def summary_line(run: RunResult) -> dict[str, Any]:
         "processed": run.total("processed"),
         "updated": run.total("updated"),
         "skipped": run.total("skipped"),
+        "quarantined": run.quarantined,
+        "quarantine_note": outbox.quarantine_note(run.job_id, run.quarantined) if run.quarantined else None,
     }
 
 
@@ -263,6 +266,8 @@ class HumanSink:
             )
         if run.published_backlog:
             self.out.write(f"published {run.published_backlog} messages left unpublished by earlier runs\n")
+        if run.quarantined:
+            self.out.write(outbox.quarantine_note(run.job_id, run.quarantined) + "\n")
         self.out.write("metrics" + (" (dry run: not written)" if run.dry_run else "") + ":\n")
         for counter in run.metrics:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(counter.labels.items()))
@@ -334,8 +339,12 @@ def apply(
     (version + 1), a backup row and an outbox row in one transaction, commit, then publish. Unpublished
     messages of earlier runs are published first.
 
-    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published);
-    2 bad usage or configuration, nothing written.
+    A message Kafka rejects for good (e.g. over its 1 MB size limit) is quarantined in the outbox with
+    its error; its person stays committed and counted as updated, and later runs go on. See `runner
+    outbox list --job-id <job>`.
+
+    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published, or
+    messages of this job are quarantined); 2 bad usage or configuration, nothing written.
     """
     options.validate_job_id(job_id, "--job-id")
     job_id = job_id or str(uuid.uuid4())
@@ -375,4 +384,4 @@ def apply(
         sink=sink,
     )
     result = applier.run(teams)
-    sys.exit(1 if result.failed else 0)
+    sys.exit(1 if result.failed or result.quarantined else 0)

@@ -1,8 +1,9 @@
 """The `runner` command line.
 
 Exit codes (all commands): 0 success; 1 the work ran but at least one team failed (or, for `verify`,
-differences remain), or an unexpected error (one line; `--debug` shows the traceback); 2 bad usage or
-configuration, nothing written.
+differences remain; for `apply`/`restore`/`outbox`, messages remain quarantined or unpublished), or an
+unexpected error (one line; `--debug` shows the traceback); 2 bad usage or configuration, nothing
+written.
 
 Everything the process prints goes through `runner.redact` (passwords masked), and every command that
 uses the stores first prints on stderr which Postgres, Kafka and ClickHouse they are.
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("runner.restore_cli", "restore"),
     "schedule": ("runner.schedule", "schedule"),
     "report": ("runner.report", "report"),
+    "outbox": ("runner.outbox_cli", "outbox_group"),
 }
 # Commands that print their targets themselves (`schedule`: the Postgres variable is in its config) or
 # use none (`stack`).

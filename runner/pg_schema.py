@@ -1,8 +1,8 @@
 """Postgres schema: recon's own tables (PostHog's `posthog_person` DDL is in `runner.local.sources`).
 
 `runner db migrate` creates and upgrades recon's tables idempotently: PostHog's backup table
-(`posthog_person_reconciliation_backup`, spec §2.6), the run ledger and the outbox. It never alters
-`posthog_person`; `runner db init-local` creates that table for local use only.
+(`posthog_person_reconciliation_backup`, spec §2.6), the run ledger and the outbox (with its quarantine).
+It never alters `posthog_person`; `runner db init-local` creates that table for local use only.
 """
 
 from __future__ import annotations
@@ -154,6 +154,31 @@ CREATE INDEX IF NOT EXISTS recon_outbox_unpublished_rows
 CREATE OR REPLACE VIEW recon_outbox_status AS
 SELECT o.id, o.job_id, o.team_id, o.person_uuid, o.version, o.payload, o.batch_id, o.created_at,
        COALESCE(o.published_at, b.published_at) AS published_at
+FROM recon_outbox o
+LEFT JOIN recon_outbox_batch b ON b.id = o.batch_id;
+""",
+    ),
+    (
+        7,
+        "outbox quarantine: messages Kafka rejects for good are set aside with their error (runner outbox)",
+        """
+ALTER TABLE recon_outbox ADD COLUMN IF NOT EXISTS quarantined_at timestamptz;
+ALTER TABLE recon_outbox ADD COLUMN IF NOT EXISTS error text;
+ALTER TABLE recon_outbox ADD COLUMN IF NOT EXISTS discarded_at timestamptz;
+ALTER TABLE recon_outbox ADD COLUMN IF NOT EXISTS discard_reason text;
+CREATE INDEX IF NOT EXISTS recon_outbox_set_aside
+    ON recon_outbox (job_id, id) WHERE quarantined_at IS NOT NULL OR discarded_at IS NOT NULL;
+-- A quarantined or discarded row is not published even when its batch is (the batch's other messages
+-- were delivered): published_at stays NULL for it, and `status` says which of the four states it is in.
+CREATE OR REPLACE VIEW recon_outbox_status AS
+SELECT o.id, o.job_id, o.team_id, o.person_uuid, o.version, o.payload, o.batch_id, o.created_at,
+       CASE WHEN o.quarantined_at IS NULL AND o.discarded_at IS NULL
+            THEN COALESCE(o.published_at, b.published_at) END AS published_at,
+       CASE WHEN o.discarded_at IS NOT NULL THEN 'discarded'
+            WHEN o.quarantined_at IS NOT NULL THEN 'quarantined'
+            WHEN COALESCE(o.published_at, b.published_at) IS NOT NULL THEN 'published'
+            ELSE 'pending' END AS status,
+       o.quarantined_at, o.error, o.discarded_at, o.discard_reason
 FROM recon_outbox o
 LEFT JOIN recon_outbox_batch b ON b.id = o.batch_id;
 """,

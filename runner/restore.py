@@ -42,7 +42,7 @@ from uuid import UUID
 
 import psycopg
 
-from runner import faults, ledger, metrics, persons
+from runner import faults, ledger, metrics, outbox, persons
 from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, TEAM_FAILED
 from runner.merge import kafka_message
 from runner.publisher import Publisher, PublishError, drain
@@ -161,6 +161,7 @@ class RestoreRun:
     duration_seconds: float = 0.0
     published_backlog: int = 0
     metrics: list[metrics.Counter] = field(default_factory=list)
+    quarantined: int = 0  # messages of this restore Kafka rejected for good (runner.outbox): exit 1
 
     @property
     def failed(self) -> bool:
@@ -400,6 +401,8 @@ class Restorer:
                     run.teams.append(team)
                     self.sink.team_done(team)
                 self._confirm_deliveries(run.teams)
+                if not cfg.dry_run:
+                    run.quarantined = outbox.job_quarantined(self.control, cfg.restore_job_id)
             else:
                 run.teams = [
                     TeamRestore(team_id, backups, status=ledger.FAILED, error=f"not started: {run.error}")

@@ -1,8 +1,9 @@
 """`runner restore`: undo a job from its backup rows, publishing the restored persons to Kafka.
 
 Exit codes (as apply's): 0 every team succeeded; 1 at least one team failed (or unpublished messages
-of an earlier run could not be published, so nothing was restored); 2 bad usage or configuration
-(unknown strategy, unknown job id, filters matching no backup row), nothing written.
+of an earlier run could not be published, so nothing was restored; or messages of the restore are
+quarantined, see `runner outbox`); 2 bad usage or configuration (unknown strategy, unknown job id,
+filters matching no backup row), nothing written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from uuid import UUID
 
 import click
 
-from runner import job_lock, ledger, metrics, options, settings
+from runner import job_lock, ledger, metrics, options, outbox, settings
 from runner import warehouse as wh
 from runner.apply_cli import JsonSink
 from runner.pg_schema import check_postgres
@@ -85,6 +86,10 @@ def summary_line(run: RestoreRun) -> dict[str, Any]:
         "restored": run.total("restored"),
         "skipped": run.total("skipped"),
         "error": run.error,
+        "quarantined": run.quarantined,
+        "quarantine_note": (
+            outbox.quarantine_note(cfg.restore_job_id, run.quarantined) if run.quarantined else None
+        ),
     }
 
 
@@ -185,6 +190,8 @@ class HumanRestoreSink:
             )
         if run.published_backlog:
             self.out.write(f"published {run.published_backlog} messages left unpublished by earlier runs\n")
+        if run.quarantined:
+            self.out.write(outbox.quarantine_note(cfg.restore_job_id, run.quarantined) + "\n")
         self.out.write(
             "metrics, one series per team (chunk_id=team_<id>), summed here"
             + (" (dry run: not written)" if cfg.dry_run else "")
@@ -333,8 +340,12 @@ def restore(
     in one transaction, committed, then published to Kafka. Unpublished messages of earlier runs are
     published first.
 
-    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published);
-    2 bad usage or configuration (unknown strategy or job id, filters matching nothing), nothing written.
+    A message Kafka rejects for good is quarantined in the outbox (see `runner outbox`); its person stays
+    restored and counted so.
+
+    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published, or
+    messages of this restore are quarantined); 2 bad usage or configuration (unknown strategy or job id,
+    filters matching nothing), nothing written.
     """
     options.validate_job_id(restore_job_id, "--restore-job-id")
     config = RestoreConfig(
@@ -373,4 +384,4 @@ def restore(
     )
     restorer = Restorer(config, pg_url=pg_url, publisher=publisher, sink=sink, write_metrics=write_metrics)
     run = restorer.run()
-    sys.exit(1 if run.failed else 0)
+    sys.exit(1 if run.failed or run.quarantined else 0)
