@@ -113,6 +113,8 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         "processed": 7,
         "updated": 3,
         "skipped": 4,
+        "quarantined": 0,
+        "quarantine_note": None,
     }
 
     # Simple merge (R9.4) with the R9.7 metadata; the three-way merge keeps Postgres's legacy = "y".
