@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from runner import cli
 
-PRODUCTION_COMMANDS = ["apply", "restore", "verify", "schedule", "report", "db", "models"]
+PRODUCTION_COMMANDS = ["apply", "restore", "verify", "schedule", "report", "db", "models", "outbox"]
 LOCAL_COMMANDS = ["stack", "warehouse", "demo"]
 
 # Imports every production module and resolves every production command in a fresh interpreter, then
