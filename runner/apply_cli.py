@@ -275,6 +275,8 @@ class HumanSink:
         verdict = "dry run: nothing was written" if run.dry_run else "done"
         if run.failed:
             verdict = "FAILED: see the errors above; re-run with the same --job-id to resume"
+        elif run.quarantined:
+            verdict = "done in Postgres, but messages are quarantined (see above)"
         self.out.write(f"job {run.job_id}: {verdict}\n")
         self.out.flush()
 

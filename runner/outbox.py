@@ -80,12 +80,15 @@ def mark_rows_published(conn: psycopg.Connection, ids: Sequence[int]) -> None:
 
 
 def quarantine_note(job_id: str, count: int) -> str:
-    noun = "message of job" if count == 1 else "messages of job"
-    verb = "is" if count == 1 else "are"
-    return (
-        f"{count} {noun} {job_id} {verb} quarantined (Kafka rejected them for good; their persons are "
-        f"committed in Postgres): see `runner outbox list --job-id {job_id}`, then retry or discard them"
-    )
+    """The line apply and restore print (and log) while their job has quarantined messages."""
+    if count == 1:
+        what = f"1 message of job {job_id} is quarantined: Kafka rejected it for good (its person is"
+    else:
+        what = (
+            f"{count} messages of job {job_id} are quarantined: Kafka rejected them for good "
+            "(their persons are"
+        )
+    return f"{what} committed in Postgres); see `runner outbox list --job-id {job_id}`, then retry or discard"
 
 
 def job_quarantined(conn: psycopg.Connection, job_id: str) -> int:

@@ -237,7 +237,8 @@ def retry_cmd(
         if not total:
             click.echo("nothing to retry")
             return
-        click.echo(f"retrying {total} messages ({', '.join(f'{n} {s}' for s, n in before.items())})")
+        states = ", ".join(f"{n} {status}" for status, n in before.items())
+        click.echo(f"retrying {total} message{'s' if total != 1 else ''} ({states})")
         ids_taken: list[int] = []
         publisher = Publisher(
             bootstrap, cfg.person_topic, timeout=publish_timeout, message_max_bytes=message_max_bytes

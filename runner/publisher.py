@@ -170,7 +170,11 @@ class Publisher:
                 # Refused before it was queued (e.g. over message.max.bytes): settled here, as a
                 # delivery report would have.
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                callback.settle(err or KafkaError(KafkaError._FAIL, str(exc)), key, len(payload.encode()))
+                if err is None:
+                    err = KafkaError(KafkaError._FAIL, str(exc))
+                elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    err = KafkaError(err.code(), "refused by the client: over its message.max.bytes")
+                callback.settle(err, key, len(payload.encode()))
                 return
 
     def produce_batch(self, conn: psycopg.Connection, batch: OutboxBatch) -> int:

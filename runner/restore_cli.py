@@ -205,6 +205,8 @@ class HumanRestoreSink:
             )
         elif cfg.dry_run:
             verdict = "dry run: nothing was written"
+        elif run.quarantined:
+            verdict = "restored in Postgres, but messages are quarantined (see above)"
         elif run.total("restored") == 0:
             verdict = "done; nothing needed restoring, nothing was written"
         else:
