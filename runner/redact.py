@@ -22,7 +22,12 @@ from urllib.parse import unquote
 MASK = "***"
 
 # scheme://user:password@ ; the password runs to the last '@' of the token (passwords may hold '@').
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*):(?P<password>[^\s]*)@")
+# The scheme is tried only where a run of scheme characters begins (the run's leading digits or `+.-`
+# kept in `head`) and is never given back: a long run such as a 1 MB property value costs linear time,
+# not quadratic (an unanchored scheme was retried at every character of the run).
+_URL_CREDENTIALS = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9+.\-])[0-9+.\-]*+[A-Za-z][A-Za-z0-9+.\-]*+://[^\s:/@'\"]*):(?P<password>[^\s]*)@"
+)
 _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.I)
 # Shorter passwords would mask unrelated text; they are still masked inside URLs.
 _MIN_LITERAL = 4
