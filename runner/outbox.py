@@ -44,6 +44,8 @@ class Quarantine:
     row_id: int | None = None
     batch_id: int | None = None
     person_uuid: str | None = None
+    job_id: str | None = None  # with team_id: finds the row through the (job, team, person) index
+    team_id: int | None = None
 
 
 def quarantine(conn: psycopg.Connection, rejected: Sequence[Quarantine]) -> None:
@@ -52,6 +54,9 @@ def quarantine(conn: psycopg.Connection, rejected: Sequence[Quarantine]) -> None
         params: tuple[object, ...]
         if item.row_id is not None:
             where, params = "id = %s", (item.row_id,)
+        elif item.job_id is not None:
+            where = "job_id = %s AND team_id = %s AND person_uuid = %s AND batch_id = %s"
+            params = (item.job_id, item.team_id, item.person_uuid, item.batch_id)
         else:
             where, params = "batch_id = %s AND person_uuid = %s", (item.batch_id, item.person_uuid)
         rows = conn.execute(

@@ -86,11 +86,20 @@ class _Delivery:
     message rejected for good is quarantined and counts as settled, so the rest of its batch can still
     be marked published."""
 
-    __slots__ = ("publisher", "batch_id", "row_id", "team_id", "pending", "failed")
+    __slots__ = ("publisher", "batch_id", "row_id", "team_id", "job_id", "pending", "failed")
 
-    def __init__(self, publisher: Publisher, team_id: int, batch_id: int | None, row_id: int | None, n: int):
+    def __init__(
+        self,
+        publisher: Publisher,
+        team_id: int,
+        batch_id: int | None,
+        row_id: int | None,
+        n: int,
+        job_id: str | None = None,
+    ):
         self.publisher = publisher
         self.team_id = team_id
+        self.job_id = job_id
         self.batch_id = batch_id
         self.row_id = row_id
         self.pending = n
@@ -111,7 +120,13 @@ class _Delivery:
                 rejected = (
                     outbox.Quarantine(describe(err, size), row_id=self.row_id)
                     if self.row_id is not None
-                    else outbox.Quarantine(describe(err, size), batch_id=self.batch_id, person_uuid=key)
+                    else outbox.Quarantine(
+                        describe(err, size),
+                        batch_id=self.batch_id,
+                        person_uuid=key,
+                        job_id=self.job_id,
+                        team_id=self.team_id,
+                    )
                 )
                 self.publisher._rejected.append(rejected)
                 self.publisher.quarantined_total += 1
@@ -190,7 +205,7 @@ class Publisher:
                 (batch.first_id, batch.last_id, batch.batch_id),
             ).fetchall()
             messages = [(key, payload) for key, payload in rows]
-        callback = _Delivery(self, batch.team_id, batch.batch_id, None, len(messages) + 1)
+        callback = _Delivery(self, batch.team_id, batch.batch_id, None, len(messages) + 1, batch.job_id)
         for key, payload in messages:
             self._produce(key, payload, callback)
         callback.settle(None, None, None)  # the batch's own count: confirmed once every message is

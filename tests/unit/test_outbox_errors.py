@@ -73,7 +73,7 @@ def publisher():
 
 
 def test_a_rejected_message_is_quarantined_and_the_rest_of_its_batch_published(publisher):
-    delivery = _Delivery(publisher, team_id=1, batch_id=7, row_id=None, n=4)
+    delivery = _Delivery(publisher, team_id=1, batch_id=7, row_id=None, n=4, job_id="job-a")
     delivery(None, _Msg("a", 10))
     delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), _Msg("b", 2_000_000))
     delivery(None, _Msg("c", 10))
@@ -85,6 +85,8 @@ def test_a_rejected_message_is_quarantined_and_the_rest_of_its_batch_published(p
             "MSG_SIZE_TOO_LARGE: Broker: Message size too large (message of 2000000 bytes)",
             batch_id=7,
             person_uuid="b",
+            job_id="job-a",
+            team_id=1,
         )
     ]
     assert publisher.quarantined_total == 1
