@@ -115,7 +115,6 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         "skipped": 4,
         "quarantined": 0,
         "quarantine_note": None,
-        "semantics": "original",
     }
 
     # Simple merge (R9.4) with the R9.7 metadata; the three-way merge keeps Postgres's legacy = "y".
