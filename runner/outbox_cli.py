@@ -42,8 +42,12 @@ def _selection_options(default_statuses: tuple[str, ...], statuses: tuple[str, .
             help=f"Only messages in these states (repeatable). Default: {', '.join(default_statuses)}.",
         )(func)
         func = click.option("--team-id", type=int, default=None, help="Only messages of this team.")(func)
-        func = options.job_id_option(
-            "Only messages of this job (apply's --job-id, restore's --restore-job-id)."
+        # No environment variable here: a RECON_JOB_ID left from an apply must never select what
+        # `discard` sets aside.
+        func = click.option(
+            "--job-id",
+            default=None,
+            help="Only messages of this job (apply's --job-id, restore's --restore-job-id).",
         )(func)
         func = click.option(
             "--id",
@@ -282,8 +286,8 @@ def discard_cmd(
 
     The rows are kept (marked discarded, with when and --reason), never deleted; `runner outbox list
     --status discarded` shows them. Their persons are committed in Postgres but ClickHouse does not get
-    these versions from recon: `runner verify` reports them. Only quarantined messages unless
-    --status pending is given.
+    these versions from recon: `runner verify` reports them (`not_ingested`). Only quarantined messages
+    unless --status pending is given.
 
     Exit codes: 0 done; 2 bad usage (no selection, --id not in the selected states), nothing discarded.
     """

@@ -270,7 +270,9 @@ def test_retry_with_a_larger_limit_publishes_the_quarantined_message(poisoned, p
     assert run_cli("outbox", "list", "--job-id", "job-a").exit_code == 0
 
 
-def test_outbox_usage_errors_exit_2(env):
+def test_outbox_usage_errors_exit_2(env, monkeypatch):
+    monkeypatch.setenv("RECON_JOB_ID", "job-a")  # left from an apply: never a selection here
+    assert run_cli("outbox", "discard").exit_code == 2
     assert run_cli("outbox", "retry").exit_code == 2
     assert run_cli("outbox", "retry", "--all", "--id", "1").exit_code == 2
     assert run_cli("outbox", "list", "--status", "nope").exit_code == 2
@@ -310,3 +312,50 @@ def test_broker_down_leaves_messages_pending_never_quarantined(env, pg_rows, pg_
     monkeypatch.setenv(settings.ENV_KAFKA, "127.0.0.1:1")
     assert run_cli("outbox", "retry", "--all").exit_code == 2
     assert pg_rows("SELECT status, error FROM recon_outbox_status") == [("pending", None)]
+
+
+def test_backlog_drain_quarantines_what_it_cannot_send_and_publishes_the_rest(
+    env, run_apply, pg_rows, kafka_bootstrap
+):
+    """Messages an earlier run left pending (a crash before publishing, say), read back from the outbox
+    by the next run's drain: a single row and one message of a batch are too large."""
+    seed(env)
+    big, small, single = support.new_uuid(901), support.new_uuid(902), support.new_uuid(903)
+    pg = env["pg"]
+    [(batch_id,)] = pg.execute(
+        "INSERT INTO recon_outbox_batch (job_id, team_id, first_id, last_id, messages) "
+        "VALUES ('crashed', 9, 0, 0, 2) RETURNING id"
+    ).fetchall()
+    for person, payload in ((big, json.dumps({"blob": BIG})), (small, '{"ok": 1}')):
+        pg.execute(
+            "INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload, batch_id) "
+            "VALUES ('crashed', 9, %s, 5, %s, %s)",
+            (person, payload, batch_id),
+        )
+    pg.execute(
+        "UPDATE recon_outbox_batch SET first_id = (SELECT min(id) FROM recon_outbox), "
+        "last_id = (SELECT max(id) FROM recon_outbox)"
+    )
+    pg.execute(
+        "INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload) "
+        "VALUES ('crashed', 9, %s, 5, %s)",
+        (single, json.dumps({"blob": BIG})),
+    )
+
+    run = run_apply("--job-id", "job-b", "--team-id", "2", "--output", "json")
+    assert run.exit_code == 0, run.stderr  # the quarantined messages are another job's
+    assert run.summary()["quarantined"] == 0
+    assert outbox_state(pg_rows, "crashed") == {
+        str(big): ("crashed", "quarantined", False, outbox_state(pg_rows, "crashed")[str(big)][3]),
+        str(small): ("crashed", "published", True, None),
+        str(single): ("crashed", "quarantined", False, outbox_state(pg_rows, "crashed")[str(single)][3]),
+    }
+    assert all("MSG_SIZE_TOO_LARGE" in row[3] for row in outbox_state(pg_rows, "crashed").values() if row[3])
+    assert pg_rows("SELECT published_at IS NOT NULL FROM recon_outbox_batch WHERE id = %s", (batch_id,)) == [
+        (True,)
+    ]
+    keys = {key for key, _ in read_topic_json(kafka_bootstrap, env["topic"])}
+    assert str(small) in keys and not {str(big), str(single)} & keys
+    assert "Outbox message" in run.stderr and "quarantined" in run.stderr
+    listed = json.loads(run_cli("outbox", "list", "--job-id", "crashed", "--output", "json").stdout)
+    assert listed["counts"] == {"quarantined": 2, "pending": 0}
