@@ -55,14 +55,32 @@ def _env_secrets() -> set[str]:
     return {s for s in expanded if len(s) >= _MIN_LITERAL}
 
 
+# The environment's secrets, longest first; read once (scanning the environment on every write cost
+# more than applying a person), again by `refresh()` and at every `install()`.
+_secrets: tuple[str, ...] | None = None
+
+
+def refresh() -> None:
+    """Read the environment's secrets again (after it changed)."""
+    global _secrets
+    _secrets = tuple(sorted(_env_secrets(), key=len, reverse=True))
+
+
 def text(value: str) -> str:
     """Free text with every credential it may hold masked."""
     if not value:
         return value
-    masked = _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}:{MASK}@", value)
-    masked = _KEYWORD_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}", masked)
-    for secret in sorted(_env_secrets(), key=len, reverse=True):
-        masked = masked.replace(secret, MASK)
+    if _secrets is None:
+        refresh()
+    assert _secrets is not None
+    masked = value
+    if "://" in masked:  # cheap tests first: most output holds neither
+        masked = _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}:{MASK}@", masked)
+    if "=" in masked and "assword" in masked.lower():
+        masked = _KEYWORD_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}", masked)
+    for secret in _secrets:
+        if secret in masked:
+            masked = masked.replace(secret, MASK)
     return masked
 
 
@@ -100,7 +118,9 @@ class RedactingStream(io.TextIOBase):
 
 
 def install() -> None:
-    """Route this process's stdout and stderr through `text()` (idempotent)."""
+    """Route this process's stdout and stderr through `text()` (idempotent), with the secrets of the
+    environment as it is now."""
+    refresh()
     if not isinstance(sys.stdout, RedactingStream):
         sys.stdout = RedactingStream(sys.stdout)
     if not isinstance(sys.stderr, RedactingStream):
