@@ -40,6 +40,8 @@ INVOCATIONS = [
     ["warehouse", "sync-persons", "--timeout", "1"],
     ["demo", "seed", "--teams", "1", "--persons", "2", "--events", "2"],
     ["models", "run", "--select", "person_property_diff_summary"],
+    ["outbox", "list"],
+    ["outbox", "retry", "--all"],
 ]
 
 
