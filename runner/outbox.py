@@ -109,6 +109,17 @@ def job_quarantined(conn: psycopg.Connection, job_id: str) -> int:
     return count
 
 
+def schedule_quarantined(conn: psycopg.Connection, schedule_id: str) -> int:
+    """How many messages of a schedule's chunks (every invocation's) are quarantined."""
+    row = conn.execute(
+        "SELECT count(*) FROM recon_outbox WHERE job_id IN "
+        "(SELECT job_id FROM recon_schedule_chunk WHERE schedule_id = %s) "
+        "AND quarantined_at IS NOT NULL AND discarded_at IS NULL",
+        (schedule_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 # --- selection (runner outbox) -----------------------------------------------------------------------
 
 

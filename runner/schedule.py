@@ -36,7 +36,7 @@ from typing import IO, Any, TypeVar
 import click
 import psycopg
 
-from runner import faults, options, scheduling, settings
+from runner import faults, options, outbox, scheduling, settings
 from runner.chunk_run import (
     BUILD_FAILED,
     FAILED,
@@ -364,8 +364,9 @@ def schedule(
     """Run the reconciliation over many teams: split them into chunks, build each chunk's diff with dbt
     and apply it, with bounded concurrency. Resumable: run the same command again after an interruption.
 
-    Exit codes: 0 every team succeeded; 1 a team or a chunk failed (list them with `runner report`);
-    2 bad configuration or unreachable Postgres/Kafka, nothing written.
+    Exit codes: 0 every team succeeded; 1 a team or a chunk failed (list them with `runner report`), or
+    messages of the schedule are quarantined (`runner outbox list`); 2 bad configuration or unreachable
+    Postgres/Kafka, nothing written.
     """
     reporter = Reporter(sys.stdout, output == "json")
     config = load_config(config_file, team_ids_from, dry_run)
@@ -452,7 +453,11 @@ def schedule(
         progress.close()
     # Chunks finished by earlier invocations count too: the exit code describes the whole schedule.
     earlier_failed = [] if config.dry_run else sorted(job for job, status in done.items() if status == FAILED)
-    failed = _summarize(reporter, sid, config, results, finished_before, earlier_failed)
+    quarantined = 0
+    if not config.dry_run:
+        with psycopg.connect(targets.pg_url, connect_timeout=10) as conn:
+            quarantined = outbox.schedule_quarantined(conn, sid)
+    failed = _summarize(reporter, sid, config, results, finished_before, earlier_failed, quarantined)
     sys.exit(1 if failed else 0)
 
 
@@ -463,11 +468,14 @@ def _summarize(
     results: list[ChunkResult],
     earlier: int,
     earlier_failed: list[str],
+    quarantined: int = 0,
 ) -> bool:
     teams = [t for r in results for t in r.teams]
     failed_ids = sorted(t.team_id for t in teams if t.status != SUCCEEDED)
     build_failures = [r for r in results if r.status == BUILD_FAILED]
-    failed = bool(failed_ids or build_failures or earlier_failed)
+    # Quarantined messages (runner.outbox) fail no team, but the schedule is not done until they are
+    # retried or discarded.
+    failed = bool(failed_ids or build_failures or earlier_failed or quarantined)
     record = {
         "type": "summary",
         "schedule_id": sid,
@@ -485,6 +493,7 @@ def _summarize(
         "persons_updated": sum(t.updated for t in teams),
         "persons_skipped": sum(t.skipped for t in teams),
         "persons_would_update": sum(t.would_update for t in teams) if config.dry_run else 0,
+        "quarantined_messages": quarantined,
     }
     if not results:
         lines = [f"nothing to do: every chunk finished earlier (outcomes: runner report --schedule-id {sid})"]
@@ -506,6 +515,13 @@ def _summarize(
         lines.append(
             f"list them: runner report --schedule-id {sid} --status failed --output-csv failed.csv\n"
             "re-run them (e.g. windowed): runner schedule --config pass2.json --team-ids-from failed.csv"
+        )
+    if quarantined:
+        verb = "is" if quarantined == 1 else "are"
+        lines.append(
+            f"{_plural(quarantined, 'outbox message')} of this schedule {verb} quarantined: Kafka rejected "
+            "them for good (their persons are committed); see `runner outbox list --status quarantined`, "
+            "then retry or discard them"
         )
     if config.dry_run:
         lines.append("dry run: nothing was written; samples per team: runner apply --dry-run --team-id ID")
