@@ -54,8 +54,7 @@ from runner import diffs, faults, ledger, metrics, outbox, persons
 from runner.merge import (
     PersonDiff,
     conflict_filter,
-    json_dumps,
-    kafka_message,
+    json_loads,
     pending_operations_json,
     simple_merge,
     three_way_merge,
@@ -68,11 +67,17 @@ SUCCESS = "success"
 NO_CHANGES = "no_changes"
 NOT_FOUND = "not_found"
 VERSION_CONFLICT = "version_conflict"
+INVALID_VALUE = "invalid_value"
 TEAM_FAILED = "team_failed"
-OUTCOMES = (SUCCESS, NO_CHANGES, NOT_FOUND, VERSION_CONFLICT, TEAM_FAILED)
+OUTCOMES = (SUCCESS, NO_CHANGES, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
+# Persons the run did not apply although it finished their team: the team is `incomplete`, exit 1.
+PERSON_FAILURES = (VERSION_CONFLICT, INVALID_VALUE)
 
 LOCK_ATTEMPTS = 3
 LOCK_RETRY_WAITS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
+# The end-of-team retry waits for each held row (up to the session's lock_timeout) while this budget
+# lasts; past it the rows left are tried without waiting, so many held rows cannot stall the run.
+RETRY_WAIT_BUDGET = 30.0
 
 REQUIRED_MIGRATION = 7  # 7: outbox quarantine (runner.outbox)
 
@@ -112,6 +117,7 @@ class PersonResult:
     version_before: int | None = None
     version_after: int | None = None
     already_applied: bool = False
+    reason: str | None = None  # why the person failed (invalid_value, version_conflict)
 
 
 @dataclass
@@ -124,6 +130,8 @@ class TeamResult:
     commits: int = 0
     already_applied: int = 0
     duration_seconds: float = 0.0
+    # Persons not applied (version_conflict, invalid_value): (uuid, outcome, reason), the first ones.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -147,7 +155,8 @@ class RunResult:
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(t.status == ledger.FAILED for t in self.teams)
+        """Exit code 1: the run stopped early, a team failed, or a team is incomplete."""
+        return self.error is not None or any(t.status != ledger.SUCCEEDED for t in self.teams)
 
     def total(self, attribute: str) -> int:
         return sum(getattr(t, attribute) for t in self.teams)
@@ -189,7 +198,7 @@ class Applier:
         # Two transactions in flight: batch n on conns[n % 2] (see the module's docstring).
         self.conns: list[psycopg.Connection] = []
         self._turn = 0
-        self.control: psycopg.Connection | None = None
+        self._control = persons.Control(pg_url)
         self._reader: _DiffReader | None = None
         self._flight: _Flight | None = None  # the batch the writer thread writes and commits
         # One thread writes and commits a batch while this one prepares the next; one publishes.
@@ -217,14 +226,13 @@ class Applier:
             cfg.backup,
         )
         self.sink.run_started(cfg.job_id, cfg.dry_run, teams)
-        self.control = psycopg.connect(self.pg_url, autocommit=True)
         gc_thresholds = _quiet_gc()
         try:
             if not cfg.dry_run:
                 assert self.publisher is not None
                 invocations = sorted({t.invocation_id for t in teams})
-                ledger.start_run(
-                    self.control,
+                self._control.call(
+                    ledger.start_run,
                     cfg.job_id,
                     "apply",
                     {**cfg.ledger_view(), "diff_invocation_ids": invocations},
@@ -235,22 +243,34 @@ class Applier:
                     result.error = f"unpublished messages of earlier runs could not be published: {exc}"
                     log.error("Not starting new work: %s", result.error)
             if result.error is None:
-                self.conns = [persons.connect(self.pg_url, read_only=cfg.dry_run) for _ in range(2)]
-                self._reader = _DiffReader(self._chunks, [t.team_id for t in teams])
-                for team in teams:
-                    self._run_team(team, chunk, result.teams)
-                if self._flight is not None:
-                    self._land(None)
-                self._confirm_deliveries(result.teams)
-                if not cfg.dry_run:
-                    result.quarantined = outbox.job_quarantined(self.control, cfg.job_id)
+                try:
+                    self.conns = [persons.connect(self.pg_url, read_only=cfg.dry_run) for _ in range(2)]
+                    self._reader = _DiffReader(self._chunks, [t.team_id for t in teams])
+                    for team in teams:
+                        self._run_team(team, chunk, result.teams)
+                    if self._flight is not None:
+                        self._land(None)
+                    self._confirm_deliveries(result.teams)
+                    if not cfg.dry_run:
+                        result.quarantined = self._control.call(outbox.job_quarantined, cfg.job_id)
+                except psycopg.OperationalError as exc:
+                    # Postgres stayed unreachable past the reconnection attempts: the run ends here,
+                    # with what was committed counted (the teams that finished) and the rest failed.
+                    result.error = f"lost the connection to Postgres: {str(exc).strip()}"
+                    log.error("Stopping the run: %s", result.error)
+                    done = {t.team_id for t in result.teams}
+                    result.teams += [
+                        TeamResult(t.team_id, status=ledger.FAILED, error=f"not finished: {result.error}")
+                        for t in teams
+                        if t.team_id not in done
+                    ]
             else:
                 result.teams = [
                     TeamResult(t.team_id, status=ledger.FAILED, error=f"not started: {result.error}")
                     for t in teams
                 ]
             result.duration_seconds = time.monotonic() - started
-            failed = [t.team_id for t in result.teams if t.status == ledger.FAILED]
+            failed = [t.team_id for t in result.teams if t.status != ledger.SUCCEEDED]
             if failed:
                 log.warning("Job %s: teams failed: %s", cfg.job_id, failed)
             result.metrics = metrics.apply_counters(
@@ -264,9 +284,7 @@ class Applier:
             )
             if not cfg.dry_run:
                 metrics.write(self.ch, self.source_db, result.metrics)
-                ledger.finish_run(
-                    self.control, cfg.job_id, ledger.FAILED if result.failed else ledger.SUCCEEDED
-                )
+                self._finish_ledger(result)
             log.info(
                 "Job %s done: %d teams succeeded, %d failed; processed=%d updated=%d skipped=%d (%.1fs)",
                 cfg.job_id,
@@ -284,13 +302,40 @@ class Applier:
                 self._reader.close()
             self._writer.shutdown(wait=True)
             self._publish_pool.shutdown(wait=True)
-            for conn in [*self.conns, self.control]:
-                if conn is not None:
-                    conn.close()
+            for conn in self.conns:
+                conn.close()
+            self._control.close()
             if self.publisher is not None:
                 self.publisher.close()
             gc.unfreeze()
             gc.set_threshold(*gc_thresholds)
+
+    @property
+    def control(self) -> psycopg.Connection:
+        """The ledger's autocommit connection (reopened when it was lost)."""
+        return self._control.get()
+
+    def _finish_ledger(self, result: RunResult) -> None:
+        """Close the run in the ledger; after a lost connection also the teams it could not record
+        (their true counts), on a fresh connection. Best effort: Postgres may still be away."""
+        try:
+            if result.error is not None:
+                for team in result.teams:
+                    self._record_team(team)
+            status = ledger.FAILED if result.failed else ledger.SUCCEEDED
+            self._control.call(ledger.finish_run, self.config.job_id, status)
+        except psycopg.OperationalError as exc:
+            log.error("Could not record the end of job %s in the ledger: %s", self.config.job_id, exc)
+
+    def _ensure_conns(self) -> None:
+        """Reopen apply connections a failed team left lost (bounded backoff; raises when Postgres stays
+        away, which ends the run)."""
+        for i, conn in enumerate(self.conns):
+            in_flight = self._flight is not None and self._flight.conn is conn
+            if (conn.closed or conn.broken) and not in_flight:
+                conn.close()
+                log.warning("Reconnecting to Postgres (a connection was lost)")
+                self.conns[i] = persons.connect(self.pg_url, read_only=self.config.dry_run)
 
     # --- team -------------------------------------------------------------------------------------
 
@@ -298,7 +343,8 @@ class Applier:
         """Apply one team. Its last batch may still be committing when this returns: the team is
         finished (ledger, sink, `finished`) once that batch landed, while the next team starts."""
         cfg = self.config
-        assert self.control is not None and self._reader is not None
+        assert self._reader is not None
+        self._ensure_conns()
         state = _TeamState(TeamResult(team.team_id), finished)
         log.info(
             "Team %d: reading the diff (%d persons with diffs, mode %s, batch_size %d)",
@@ -309,7 +355,7 @@ class Applier:
         )
         try:
             if not cfg.dry_run:
-                ledger.start_team(self.control, cfg.job_id, team.team_id, chunk)
+                self._control.call(ledger.start_team, cfg.job_id, team.team_id, chunk)
                 state.resumed = self._job_touched_team(team.team_id)
             self._apply_team(team.team_id, state)
         except Exception as exc:  # noqa: BLE001 - the team's error boundary (R11.2)
@@ -324,8 +370,18 @@ class Applier:
 
     def _finish_team(self, state: _TeamState) -> None:
         r = state.result
+        r.failures = [
+            (str(f.diff.person_uuid), f.outcome, f.reason or "")
+            for f in state.failures[: ledger.FAILURES_KEPT]
+            if f.outcome in PERSON_FAILURES
+        ]
         if r.status == ledger.RUNNING:
-            r.status = ledger.SUCCEEDED
+            if any(r.outcomes.get(o) for o in PERSON_FAILURES):
+                r.status = ledger.INCOMPLETE
+                r.error = ledger.failures_text(r.outcomes, PERSON_FAILURES)
+                log.warning("Team %d %s", r.team_id, r.error)
+            else:
+                r.status = ledger.SUCCEEDED
             if r.processed == 0:
                 log.info("Team %d: nothing to reconcile", r.team_id)
         r.duration_seconds = time.monotonic() - state.started
@@ -339,16 +395,15 @@ class Applier:
             r.commits,
             r.duration_seconds,
         )
-        self._record_team(r)
         state.finished.append(r)
         self.sink.team_finished(r)
+        self._record_team(r)
 
     def _record_team(self, r: TeamResult) -> None:
         if self.config.dry_run:
             return
-        assert self.control is not None
-        ledger.finish_team(
-            self.control,
+        self._control.call(
+            ledger.finish_team,
             self.config.job_id,
             r.team_id,
             status=r.status,
@@ -356,7 +411,13 @@ class Applier:
             processed=r.processed,
             updated=r.updated,
             skipped=r.skipped,
-            outcomes={**{o: r.outcomes.get(o, 0) for o in OUTCOMES}, "already_applied": r.already_applied},
+            outcomes={
+                **{o: r.outcomes.get(o, 0) for o in OUTCOMES},
+                "already_applied": r.already_applied,
+                "failures": [
+                    {"person_uuid": u, "outcome": o, "reason": reason} for u, o, reason in r.failures
+                ],
+            },
             commits=r.commits,
             duration_seconds=r.duration_seconds,
         )
@@ -366,11 +427,10 @@ class Applier:
         be confirmed. A team with unconfirmed messages fails (its rows wait in the outbox)."""
         if self.publisher is None:
             return
-        assert self.control is not None
         for future in self._publishing:
             future.result()
         self._publishing.clear()
-        failures = {**self._publish_errors, **self.publisher.confirm(self.control)}
+        failures = {**self._publish_errors, **self._control.call(self.publisher.confirm)}
         for team in teams:
             error = failures.get(team.team_id)
             if error is None:
@@ -385,15 +445,16 @@ class Applier:
         committed batches stay."""
         log.exception("Team %d failed: %s", state.result.team_id, exc)
         for conn in conns:
-            i = self.conns.index(conn)
             try:
                 conn.rollback()
             except psycopg.Error:
                 pass
             if conn.broken or conn.closed:
-                conn.close()
-                self.conns[i] = persons.connect(self.pg_url, read_only=self.config.dry_run)
-        state.result.outcomes[TEAM_FAILED] += state.staged_count
+                conn.close()  # reopened when the next team starts (_ensure_conns)
+        for held in state.retry:  # never written: their lines come out as team_failed too
+            self.sink.stage(held)
+        state.result.outcomes[TEAM_FAILED] += state.staged_count + len(state.retry)
+        state.retry = []
         state.discard_staged()
         self.sink.batch_failed()
         state.result.status = ledger.FAILED
@@ -401,11 +462,12 @@ class Applier:
 
     def _job_touched_team(self, team_id: int) -> bool:
         """Whether an earlier attempt of this job wrote persons of this team (else no lookups needed)."""
-        assert self.control is not None
-        row = self.control.execute(
-            "SELECT EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s)",
-            (self.config.job_id, team_id),
-        ).fetchone()
+        row = self._control.call(
+            lambda conn: conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s)",
+                (self.config.job_id, team_id),
+            ).fetchone()
+        )
         return bool(row and row[0])
 
     def _chunks(self, team_id: int) -> Iterator[list[PersonDiff]]:
@@ -438,20 +500,26 @@ class Applier:
             results, writes = self._process_chunk(conn, team_id, chunk, state)
             if self._flight is not None:
                 self._land(state)
-            for result in results:
-                state.stage(result, counts_as_update=result.outcome == SUCCESS and not cfg.dry_run)
-                self.sink.stage(result)
             state.batch_writes += len(writes)
             keep = state.kept_messages + len(writes) <= KEPT_MESSAGES
-            if cfg.batch_size > 0 and state.in_batch >= cfg.batch_size:
+            if cfg.batch_size > 0 and state.in_batch + len(results) >= cfg.batch_size:
+                # The chunk's results are staged once its write landed (they may change: see _amend).
                 commit = bool(state.batch_writes) and not cfg.dry_run
                 future = self._writer.submit(self._write, conn, team_id, writes, True, commit, keep)
-                self._flight = _Flight(state, conn, future, state.take_outbox())
+                self._flight = _Flight(state, conn, future, state.take_outbox(), results)
                 self._turn ^= 1
-            elif writes:
-                _, outbox = self._write(conn, team_id, writes, False, False, keep)
-                if outbox is not None:
-                    state.add_outbox(outbox)
+                continue
+            written = None
+            if writes:
+                try:
+                    _, written = self._write(conn, team_id, writes, False, False, keep)
+                except Exception:
+                    self._stage(state, results)  # they count as team_failed
+                    raise
+                assert written is not None
+                for batch in written.outbox:
+                    state.add_outbox(batch)
+            self._settle(state, results, written)
         if self._flight is not None and self._flight.state is not state:
             self._land(state)  # an earlier team's last batch: that team finishes first
         # While this team's last batch is in flight the staged counts are that batch's; else they are
@@ -462,6 +530,8 @@ class Applier:
             commit = bool(state.batch_writes) and not cfg.dry_run
             committed, _ = self._write(conn, team_id, [], True, commit, False)
             self._batch_closed(state, committed, state.take_outbox())
+        if self._flight is None:
+            self._retry_conflicts(state, self.conns[self._turn])
 
     def _land(self, current: _TeamState | None, *, quiet: bool = False) -> None:
         """Wait for the flight's write and commit, then close its batch (and finish its team if that team
@@ -471,17 +541,22 @@ class Applier:
         assert flight is not None
         self._flight = None
         try:
-            committed, last = flight.future.result()
+            committed, written = flight.future.result()
         except Exception as exc:  # noqa: BLE001 - the flight's team fails (below or in the caller)
+            self._stage(flight.state, flight.results)  # they count as team_failed
             if flight.state is current:
                 if quiet:
                     return
                 raise
             self._fail_team(flight.state, exc, [flight.conn])
         else:
-            outbox = flight.outbox if last is None else [*flight.outbox, last]
+            self._settle(flight.state, flight.results, written)
+            outbox = flight.outbox if written is None else [*flight.outbox, *written.outbox]
             self._batch_closed(flight.state, committed, outbox)
         if flight.state is not current and flight.state.applied:
+            # The flight was that team's last batch: its retries run on the connection it freed.
+            if flight.state.result.status == ledger.RUNNING:
+                self._retry_guarded(flight.state, flight.conn)
             self._finish_team(flight.state)
 
     def _write(
@@ -492,29 +567,122 @@ class Applier:
         closes: bool,
         commit: bool,
         keep_messages: bool,
-    ) -> tuple[bool, persons.OutboxBatch | None]:
+    ) -> tuple[bool, persons.ChunkWritten | None]:
         """Write a chunk; at the end of a batch commit it if the batch wrote anything (R9.11, `commit`),
-        else release its row locks. Returns whether it committed, and the chunk's outbox batch. Runs on
-        the writer thread (or inline)."""
-        outbox = None
+        else release its row locks. Returns whether it committed, and what the chunk's write did. Runs
+        on the writer thread (or inline)."""
+        written = None
         if writes:
-            outbox = persons.write_chunk(
+            written = persons.write_chunk(
                 conn,
                 self.config.job_id,
                 team_id,
                 writes,
                 backup=self.config.backup,
                 keep_messages=keep_messages,
-            ).outbox
+            )
         if not closes:
-            return False, outbox
+            return False, written
         if commit:
             faults.point("before_commit")
             conn.commit()
             faults.point("after_commit")
-            return True, outbox
+            return True, written
         conn.rollback()
-        return False, outbox
+        return False, written
+
+    def _stage(self, state: _TeamState, results: list[PersonResult]) -> None:
+        for result in results:
+            state.stage(result, counts_as_update=result.outcome == SUCCESS and not self.config.dry_run)
+            self.sink.stage(result)
+
+    def _settle(
+        self,
+        state: _TeamState,
+        results: list[PersonResult],
+        written: persons.ChunkWritten | None,
+        *,
+        final: bool = False,
+    ) -> None:
+        """Stage results as the write turned them out: a person whose row had changed since it was read
+        was not written (version_conflict), one whose value Postgres refused fails alone
+        (invalid_value). Version conflicts are held back for the end-of-team retry unless `final`."""
+        if written is not None and (written.lost or written.invalid):
+            lost = set(written.lost)
+            for r in results:
+                uuid = r.diff.person_uuid
+                if uuid in lost:
+                    log.warning(
+                        "Person %s of team %d: its row changed since it was read", uuid, r.diff.team_id
+                    )
+                    r.outcome, r.reason = VERSION_CONFLICT, "the row changed between its lock and the write"
+                    r.properties_after = r.version_after = None
+                elif uuid in written.invalid:
+                    r.outcome, r.reason = INVALID_VALUE, written.invalid[uuid]
+                    r.properties_after = r.version_after = None
+                    log.warning("Person %s of team %d: %s", uuid, r.diff.team_id, r.reason)
+        for r in results:
+            if r.outcome == VERSION_CONFLICT and not final:
+                state.hold(r)
+                continue
+            if r.outcome in PERSON_FAILURES:
+                state.failures.append(r)
+            state.stage(r, counts_as_update=r.outcome == SUCCESS and not self.config.dry_run)
+            self.sink.stage(r)
+
+    def _retry_guarded(self, state: _TeamState, conn: psycopg.Connection) -> None:
+        """The end-of-team retry inside the team's error boundary."""
+        try:
+            self._retry_conflicts(state, conn)
+        except Exception as exc:  # noqa: BLE001 - the team's error boundary (R11.2)
+            self._fail_team(state, exc, [conn])
+
+    def _retry_conflicts(self, state: _TeamState, conn: psycopg.Connection) -> None:
+        """Fault 5/7/8 of issue 11: persons whose row was held by another transaction, or changed under
+        the write, are tried once more at the end of their team, in a batch of their own: each row lock
+        is waited for (bounded by lock_timeout, as the original did), the row re-read, the diff merged
+        against it (three-way when it moved on) and written. Those still conflicted stay
+        version_conflict, and the team ends incomplete."""
+        pending, state.retry = state.retry, []
+        if not pending:
+            return
+        team_id = state.result.team_id
+        log.info("Team %d: retrying %d persons, waiting for their rows", team_id, len(pending))
+        deadline = time.monotonic() + RETRY_WAIT_BUDGET
+        rows: dict[UUID, persons.PgPerson] = {}
+        held: set[UUID] = set()
+        for r in pending:
+            uuid = r.diff.person_uuid
+            row = persons.lock_waiting(conn, team_id, uuid, wait=time.monotonic() < deadline)
+            if row == persons.HELD:
+                held.add(uuid)
+            elif isinstance(row, persons.PgPerson):
+                rows[uuid] = row
+        three_way = [
+            (r.diff.person_uuid, r.diff.baseline_version)
+            for r in pending
+            if r.diff.person_uuid in rows
+            and (rows[r.diff.person_uuid].version or 0) != r.diff.baseline_version
+        ]
+        historic = diffs.historic_properties(self.ch, self.source_db, team_id, three_way)
+        results: list[PersonResult] = []
+        writes: list[persons.PersonWrite] = []
+        for r in pending:
+            uuid = r.diff.person_uuid
+            if uuid in held:
+                reason = "another transaction held the row past lock_timeout"
+                results.append(PersonResult(r.diff, VERSION_CONFLICT, reason=reason))
+                log.warning("Person %s of team %d: %s", uuid, team_id, reason)
+            elif uuid not in rows:
+                results.append(PersonResult(r.diff, NOT_FOUND))
+            else:
+                result, write = self._decide(r.diff, rows[uuid], historic.get(uuid))
+                results.append(result)
+                if write is not None:
+                    writes.append(write)
+        committed, written = self._write(conn, team_id, writes, True, bool(writes), True)
+        self._settle(state, results, written, final=True)
+        self._batch_closed(state, committed, [] if written is None else written.outbox)
 
     def _batch_closed(self, state: _TeamState, committed: bool, outbox: list[persons.OutboxBatch]) -> None:
         """After a batch's commit: count it, hand its outbox batches to the publishing thread, and make
@@ -541,10 +709,10 @@ class Applier:
     def _publish_batch(self, team_id: int, outbox: list[persons.OutboxBatch]) -> None:
         """Produce a committed batch's messages and mark the outbox batches confirmed so far published
         (publishing thread)."""
-        assert self.publisher is not None and self.control is not None
+        assert self.publisher is not None
         try:
-            produced = sum(self.publisher.produce_batch(self.control, batch) for batch in outbox)
-            self.publisher.mark_published(self.control)
+            produced = sum(self._control.call(self.publisher.produce_batch, batch) for batch in outbox)
+            self._control.call(self.publisher.mark_published)
             log.debug("Team %d: %d messages sent to Kafka", team_id, produced)
             faults.point("after_batch")
         except Exception as exc:  # noqa: BLE001 - reported as the team's failure at the end of the run
@@ -564,7 +732,8 @@ class Applier:
             raise ValueError(f"team {team_id}: the diff table lists a person more than once in one page")
         applied = persons.applied_by_job(conn, cfg.job_id, team_id, uuids) if state.resumed else {}
         faults.point("before_lock")
-        rows, missing, locked_out = self._lock(conn, team_id, [u for u in uuids if u not in applied])
+        lockable = [d.person_uuid for d in chunk if d.person_uuid not in applied and d.invalid is None]
+        rows, missing, locked_out = self._lock(conn, team_id, lockable)
         three_way = [
             (d.person_uuid, d.baseline_version)
             for d in chunk
@@ -575,12 +744,15 @@ class Applier:
         writes: list[persons.PersonWrite] = []
         for diff in chunk:
             uuid = diff.person_uuid
-            if uuid in applied:
+            if diff.invalid is not None:
+                result = PersonResult(diff, INVALID_VALUE, reason=diff.invalid)
+                log.warning("Person %s of team %d: %s", uuid, team_id, diff.invalid)
+            elif uuid in applied:
                 result = _already_applied(diff, applied[uuid])
             elif uuid in missing:
                 result = PersonResult(diff, NOT_FOUND)
             elif uuid in locked_out:
-                result = PersonResult(diff, VERSION_CONFLICT)
+                result = PersonResult(diff, VERSION_CONFLICT, reason="another transaction held the row")
             else:
                 result, write = self._decide(diff, rows[uuid], historic.get(uuid))
                 if write is not None:
@@ -632,19 +804,20 @@ class Applier:
         result = PersonResult(diff, SUCCESS, pg.properties, merged.properties, pg.version, version_after)
         if self.config.dry_run:
             return result, None
-        properties_json = json_dumps(merged.properties)
         updated_at_json, operation_json = merged.metadata_json()
+        set_json, set_once_json = diff.value_maps()
+        set_dropped, set_once_dropped = merged.dropped(diff)
         write = persons.PersonWrite(
             person=pg,
-            properties_json=properties_json,
+            version_after=version_after,
+            pending_operations_json=pending_operations_json(diff) if self.config.backup else "[]",
+            set_json=set_json,
+            set_dropped=set_dropped,
+            set_once_json=set_once_json,
+            set_once_dropped=set_once_dropped,
             updated_at_set_json=updated_at_json,
             operation_set_json=operation_json,
             metadata_removed=merged.metadata_removed,
-            version_after=version_after,
-            pending_operations_json=pending_operations_json(diff) if self.config.backup else "[]",
-            payload=kafka_message(
-                pg.uuid, diff.team_id, properties_json, pg.is_identified, pg.created_at, version_after
-            ),
         )
         return result, write
 
@@ -655,8 +828,9 @@ class _Flight:
 
     state: _TeamState
     conn: psycopg.Connection
-    future: Future[tuple[bool, persons.OutboxBatch | None]]
+    future: Future[tuple[bool, persons.ChunkWritten | None]]
     outbox: list[persons.OutboxBatch]  # of the batch's earlier chunks
+    results: list[PersonResult]  # of the chunk being written, staged when it landed
 
 
 _END = object()
@@ -749,7 +923,7 @@ def _already_applied(diff: PersonDiff, applied: persons.AppliedByJob) -> PersonR
     return PersonResult(
         diff,
         SUCCESS,
-        properties_after=json.loads(message["properties"]),
+        properties_after=json_loads(message["properties"]),
         version_after=applied.version,
         already_applied=True,
     )
@@ -767,6 +941,8 @@ class _TeamState:
         self.batch_writes = 0
         self.batches = 0
         self.resumed = False
+        self.failures: list[PersonResult] = []  # persons not applied: version_conflict, invalid_value
+        self.retry: list[PersonResult] = []  # version conflicts held back for the end-of-team retry
         self.outbox: list[persons.OutboxBatch] = []  # of the open batch
         self.kept_messages = 0
         self._staged: Counter[str] = Counter()
@@ -782,6 +958,12 @@ class _TeamState:
         self._staged[result.outcome] += 1
         self._staged_updates += counts_as_update
         self._staged_already += result.already_applied
+
+    def hold(self, result: PersonResult) -> None:
+        """A person of the open batch held back for the end-of-team retry: it fills the batch (batches
+        keep their size) but counts, and is reported, once retried."""
+        self.in_batch += 1
+        self.retry.append(result)
 
     def add_outbox(self, batch: persons.OutboxBatch) -> None:
         self.outbox.append(batch)

@@ -1,8 +1,9 @@
 """`runner apply`: apply the diff table to Postgres and publish the updated persons to Kafka.
 
-Exit codes: 0 every team succeeded; 1 at least one team failed (or unpublished messages of an earlier
-run could not be published, so no new work started; or messages of the job are quarantined, see
-`runner outbox`); 2 bad usage or configuration, nothing written.
+Exit codes: 0 every team succeeded; 1 at least one team failed or is incomplete (some of its persons
+were not applied: `version_conflict` after the retries, `invalid_value`), or the run stopped early
+(unpublished messages of an earlier run could not be published, or Postgres was lost), or messages of
+the job are quarantined (see `runner outbox`); 2 bad usage or configuration, nothing written.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import click
 from runner import diffs, job_lock, ledger, options, outbox, settings
 from runner import warehouse as wh
 from runner.applier import (
+    INVALID_VALUE,
     NO_CHANGES,
     NOT_FOUND,
+    OUTCOMES,
     SUCCESS,
     TEAM_FAILED,
     VERSION_CONFLICT,
@@ -31,12 +34,14 @@ from runner.applier import (
     RunResult,
     TeamResult,
 )
-from runner.merge import diff_entries
+from runner.merge import diff_entries, display_default
 from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.settings import ConfigError
 
 log = logging.getLogger("runner.apply")
+
+SHOWN_FAILURES = 10  # persons not applied, listed per team in the human output
 
 # --- JSON lines ------------------------------------------------------------------------------------
 
@@ -58,6 +63,7 @@ def person_line(result: PersonResult) -> dict[str, Any]:
         "properties_after": result.properties_after,
         "version_before": result.version_before,
         "version_after": result.version_after,
+        "reason": result.reason,
     }
 
 
@@ -80,6 +86,8 @@ def summary_line(run: RunResult) -> dict[str, Any]:
                 "updated": t.updated,
                 "skipped": t.skipped,
                 "commits": t.commits,
+                "outcomes": {o: t.outcomes.get(o, 0) for o in OUTCOMES},
+                "failures": [{"person_uuid": u, "outcome": o, "reason": r} for u, o, r in t.failures],
             }
             for t in run.teams
         ],
@@ -107,7 +115,7 @@ class JsonSink:
         self._semantics = semantics_of(teams)
 
     def stage(self, result: PersonResult) -> None:
-        self._staged.write(json.dumps(person_line(result)))
+        self._staged.write(json.dumps(person_line(result), default=display_default))
         self._staged.write("\n")
 
     def _drain(self) -> Any:
@@ -137,6 +145,10 @@ class JsonSink:
 
 
 # --- human output ----------------------------------------------------------------------------------
+
+
+def _shown(properties: dict[str, Any] | None) -> str:
+    return json.dumps(properties, sort_keys=True, ensure_ascii=False, default=display_default)
 
 
 class HumanSink:
@@ -191,12 +203,8 @@ class HumanSink:
             versions = f"version {r.version_before} -> {r.version_after}"
             note = " (already applied by this job)" if r.already_applied else ""
             self.out.write(f"  person {r.diff.person_uuid}: {versions}{note}\n")
-            self.out.write(
-                f"    before: {json.dumps(r.properties_before, sort_keys=True, ensure_ascii=False)}\n"
-            )
-            self.out.write(
-                f"    after:  {json.dumps(r.properties_after, sort_keys=True, ensure_ascii=False)}\n"
-            )
+            self.out.write(f"    before: {_shown(r.properties_before)}\n")
+            self.out.write(f"    after:  {_shown(r.properties_after)}\n")
         self.out.flush()
 
     def run_finished(self, run: RunResult) -> None:
@@ -211,6 +219,7 @@ class HumanSink:
             "no change",
             "not found",
             "conflict",
+            "invalid",
             "failed",
         ]
         headers += ["commits", "seconds"]
@@ -223,6 +232,7 @@ class HumanSink:
                 str(t.outcomes.get(NO_CHANGES, 0)),
                 str(t.outcomes.get(NOT_FOUND, 0)),
                 str(t.outcomes.get(VERSION_CONFLICT, 0)),
+                str(t.outcomes.get(INVALID_VALUE, 0)),
                 str(t.outcomes.get(TEAM_FAILED, 0)),
                 str(t.commits),
                 f"{t.duration_seconds:.1f}",
@@ -239,7 +249,10 @@ class HumanSink:
                 str(run.total("processed")),
                 str(total_updates),
                 *(str(sum(t.outcomes.get(o, 0) for t in run.teams)) for o in (NO_CHANGES, NOT_FOUND)),
-                *(str(sum(t.outcomes.get(o, 0) for t in run.teams)) for o in (VERSION_CONFLICT, TEAM_FAILED)),
+                *(
+                    str(sum(t.outcomes.get(o, 0) for t in run.teams))
+                    for o in (VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
+                ),
                 str(run.total("commits")),
                 f"{run.duration_seconds:.1f}",
             ]
@@ -256,7 +269,13 @@ class HumanSink:
             )
         for t in run.teams:
             if t.error:
-                self.out.write(f"team {t.team_id} failed: {t.error}\n")
+                self.out.write(f"team {t.team_id} {t.status}: {t.error}\n")
+            for person_uuid, outcome, reason in t.failures[:SHOWN_FAILURES]:
+                self.out.write(f"  person {person_uuid}: {outcome}: {reason}\n")
+            if len(t.failures) > SHOWN_FAILURES:
+                self.out.write(
+                    f"  ... (the ledger lists up to {ledger.FAILURES_KEPT}; --output json lists all)\n"
+                )
         if run.error:
             self.out.write(f"run failed: {run.error}\n")
         already = run.total("already_applied")
@@ -345,8 +364,16 @@ def apply(
     its error; its person stays committed and counted as updated, and later runs go on. See `runner
     outbox list --job-id <job>`.
 
-    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published, or
-    messages of this job are quarantined); 2 bad usage or configuration, nothing written.
+    Outcomes per person: success, no_changes, not_found, version_conflict (its row was held by another
+    transaction, or changed under the write, through the end-of-team retry that waits for the lock),
+    invalid_value (Postgres cannot store a value: the person alone fails, with its reason),
+    team_failed (its batch was rolled back). A team with version_conflict or invalid_value persons is
+    `incomplete`.
+
+    Exit codes: 0 every team succeeded; 1 a team failed or is incomplete, messages of this job are
+    quarantined, or the run stopped early (earlier messages could not be published, or Postgres was
+    lost: the summary and the ledger give what was committed); 2 bad usage or configuration, nothing
+    written.
     """
     options.validate_job_id(job_id, "--job-id")
     job_id = job_id or str(uuid.uuid4())

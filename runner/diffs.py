@@ -13,7 +13,7 @@ from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
 
-from runner.merge import BadDiffValue, PersonDiff, json_loads
+from runner.merge import PersonDiff, json_loads, unstorable
 from runner.settings import ConfigError
 from runner.warehouse import ident
 
@@ -51,6 +51,14 @@ def _keys_values(prefix: str) -> str:
     )
 
 
+def _value_map(prefix: str) -> str:
+    """The SET (or SET_ONCE) entries as one JSON object text of ClickHouse's raw value texts."""
+    return (
+        f"concat('{{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ': ', v), "
+        f"{prefix}_keys, {prefix}_values), ', '), '}}')"
+    )
+
+
 # Per person: one JSON text [set keys, values, times, set_once keys, values, times, unset keys, times],
 # and the backup's pending_operations (R9.9) as JSON text, raw values included.
 _DIFF_COLUMNS = (
@@ -58,7 +66,8 @@ _DIFF_COLUMNS = (
     f"concat('[', {_keys_values('set')}, ',', {_keys_values('set_once')}, ',', "
     f"toJSONString(unset_keys), ',', toJSONString({_iso('unset_timestamps')}), ']'), "
     f"concat('[', arrayStringConcat(arrayConcat({_operations('set', 'set')}, "
-    f"{_operations('set_once', 'set_once')}, {_operations('unset', 'unset')}), ', '), ']')"
+    f"{_operations('set_once', 'set_once')}, {_operations('unset', 'unset')}), ', '), ']'), "
+    f"{_value_map('set')}, {_value_map('set_once')}"
 )
 
 
@@ -128,13 +137,21 @@ def iter_team_diffs(client: Client, schema: str, team_id: int, page_size: int) -
 
 
 def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
-    batch_index, person_id, baseline, entries, operations = row
+    """A person's diff; one Postgres cannot take (invalid JSON, a NUL character...) is marked `invalid`
+    so that the person fails alone."""
+    batch_index, person_id, baseline, entries, operations, set_json, set_once_json = row
     person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
     try:
         s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(entries)
-    except ValueError as exc:
-        raise BadDiffValue(f"team {team_id} person {person}: a diff value is not valid JSON") from exc
-    return PersonDiff(
+    except ValueError:
+        return PersonDiff(
+            team_id,
+            person,
+            int(baseline),
+            batch_index=int(batch_index),
+            invalid="a diff value is not valid JSON",
+        )
+    diff = PersonDiff(
         team_id,
         person,
         int(baseline),
@@ -143,7 +160,14 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
         dict(zip(u_keys, u_ts, strict=True)),
         int(batch_index),
         operations,
+        set_json,
+        set_once_json,
     )
+    if "\\u" in entries or "\x00" in entries:  # only then can a value or key be one Postgres refuses
+        reason = unstorable(diff)
+        if reason is not None:
+            return PersonDiff(team_id, person, int(baseline), batch_index=int(batch_index), invalid=reason)
+    return diff
 
 
 def historic_properties(

@@ -18,6 +18,17 @@ from runner.settings import ConfigError
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+# The team ran to its end, but some of its persons were not applied (version_conflict after the retries,
+# invalid_value): not a success; `runner report --status failed` lists it, a re-run retries them.
+INCOMPLETE = "incomplete"
+# Persons not applied, listed in the team's `outcomes` (with their reasons) up to this many.
+FAILURES_KEPT = 100
+
+
+def failures_text(outcomes: dict[str, int], kinds: tuple[str, ...]) -> str:
+    """The error text of an incomplete team: how many persons were not applied, by outcome."""
+    parts = [f"{outcomes[k]} {k}" for k in kinds if outcomes.get(k)]
+    return f"incomplete: persons not applied: {', '.join(parts)}"
 
 
 def start_run(conn: psycopg.Connection, job_id: str, kind: str, config: dict[str, Any]) -> None:
@@ -63,7 +74,7 @@ def finish_team(
     processed: int,
     updated: int,
     skipped: int,
-    outcomes: dict[str, int],
+    outcomes: dict[str, Any],
     commits: int,
     duration_seconds: float,
 ) -> None:

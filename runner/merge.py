@@ -14,10 +14,12 @@ statement as the update (`runner.persons`), so the metadata maps never travel th
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
@@ -45,6 +47,23 @@ class PersonDiff:
     batch_index: int = 0
     # R9.9's pending_operations as JSON text when the reader built it (see pending_operations_json).
     pending_operations: str | None = None
+    # The SET and SET_ONCE maps as JSON objects of ClickHouse's value texts: what the write sends to
+    # Postgres, so a value reaches it exactly as ClickHouse wrote it (see `value_maps`).
+    set_json: str | None = None
+    set_once_json: str | None = None
+    # Why Postgres cannot take this diff (a NUL character, a lone surrogate, invalid JSON), if so.
+    invalid: str | None = None
+
+    def value_maps(self) -> tuple[str, str]:
+        """The SET and SET_ONCE maps as JSON object texts (built from the decoded values when the reader
+        did not keep ClickHouse's texts)."""
+        set_json = self.set_json
+        if set_json is None:
+            set_json = json_dumps({key: value for key, (value, _) in self.set.items()})
+        set_once_json = self.set_once_json
+        if set_once_json is None:
+            set_once_json = json_dumps({key: value for key, (value, _) in self.set_once.items()})
+        return set_json, set_once_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +84,14 @@ class MergeResult:
             operation[key] = op
         return updated, operation
 
+    def dropped(self, diff: PersonDiff) -> tuple[list[str], list[str]]:
+        """The diff's SET and SET_ONCE keys whose value is *not* written: the write takes the maps whole
+        minus these (`(properties - removed) || (set_once - dropped) || (set - dropped)`)."""
+        meta = self.metadata_set
+        set_dropped = [k for k in diff.set if k not in meta or meta[k][1] != SET]
+        set_once_dropped = [k for k in diff.set_once if k not in meta or meta[k][1] != SET_ONCE]
+        return set_dropped, set_once_dropped
+
     def metadata_json(self) -> tuple[str, str]:
         """The metadata keys to set, as JSON objects for `properties_last_updated_at` and `..._operation`."""
         if not self.metadata_set:
@@ -79,32 +106,128 @@ class MergeResult:
         return "{" + ", ".join(updated) + "}", "{" + ", ".join(operation) + "}"
 
 
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# Where orjson's numbers could differ from the text's value: an integer past 64 bits (orjson makes it a
+# float), a number with 16+ significant digits or an exponent (a double cannot hold every such value,
+# e.g. 0.30000000000000000001, 1e400, 1e-400). Only number positions are matched (first, or after `:`, `,` or
+# `[`), so long digit runs inside strings rarely send a text down the slow path.
+_RISKY_NUMBER = re.compile(r"(?:^|[:,\[])\s*-?(?:[\d.]{16}|\d+(?:\.\d+)?[eE])")
+_RISKY_NUMBER_BYTES = re.compile(rb"(?:^|[:,\[])\s*-?(?:[\d.]{16}|\d+(?:\.\d+)?[eE])")
+
+
+def exact_float(text: str) -> float | Decimal:
+    """A JSON number with a fraction or exponent: a float when the float's value is the only one any
+    text of that precision could mean (at most 15 significant digits, finite, not flushed to zero),
+    else the exact Decimal. So two numbers compare equal exactly when their values are equal."""
+    value = float(text)
+    mantissa = text.lstrip("-").split("e")[0].split("E")[0].replace(".", "").strip("0")
+    if len(mantissa) <= 15 and math.isfinite(value) and (value != 0.0 or not mantissa):
+        return value
+    return Decimal(text)
 
 
 def json_loads(text: str | bytes | bytearray | memoryview) -> Any:
-    """`json.loads`, through orjson where it gives the same result (several times faster; the hot path
-    decodes every person's diff and Postgres properties). Python's decoder takes over for what orjson
-    refuses (NaN, Infinity, lone surrogates) and for texts with a run of 19+ digits, since orjson turns
-    integers past 64 bits into floats."""
+    """`json.loads`, through orjson where it gives the same values (several times faster; the hot path
+    decodes every person's diff and Postgres properties). Python's decoder takes over for texts with a
+    number a double cannot hold exactly (decoded as Decimal, see `exact_float`) and for what orjson
+    refuses (NaN, Infinity, lone surrogates)."""
     if isinstance(text, memoryview):
         text = bytes(text)
-    long_number = (_LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES).search(text)  # type: ignore[arg-type]
-    if long_number is None:
+    risky = (_RISKY_NUMBER if isinstance(text, str) else _RISKY_NUMBER_BYTES).search(text)  # type: ignore[arg-type]
+    if risky is None:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(text)
+    return json.loads(text, parse_float=exact_float)
 
 
 # json.dumps with its default arguments, minus the per-call argument checks (hot path).
-json_dumps = json.JSONEncoder().encode
+_plain_dumps = json.JSONEncoder().encode
+
+
+def _encode_exact(value: Any, out: list[str]) -> None:
+    if isinstance(value, Decimal):
+        out.append(str(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.append(", " if i else "")
+            out.append(encode_basestring_ascii(str(key)) + ": ")
+            _encode_exact(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            out.append(", " if i else "")
+            _encode_exact(item, out)
+        out.append("]")
+    else:
+        out.append(_plain_dumps(value))
+
+
+def json_dumps(value: Any) -> str:
+    """`json.dumps` with its default arguments, writing the Decimals `json_loads` makes as their exact
+    text (the rare slow path; the fast one is the C encoder)."""
+    try:
+        return _plain_dumps(value)
+    except TypeError:
+        out: list[str] = []
+        _encode_exact(value, out)
+        return "".join(out)
+
+
+def display_default(value: Any) -> Any:
+    """`default=` for json.dumps of output meant for people and JSON lines: an exact Decimal (a number
+    a double cannot hold) is shown as its text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class BadDiffValue(ValueError):
     """A diff-table entry is not valid JSON (the team fails, naming the person)."""
+
+
+def _unstorable_text(text: str) -> str | None:
+    """Why Postgres's jsonb (and text) cannot hold this string, if it cannot."""
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate"
+    return None
+
+
+def _unstorable_value(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _unstorable_text(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reason = _unstorable_text(key) or _unstorable_value(item)
+            if reason:
+                return reason
+    elif isinstance(value, list):
+        for item in value:
+            reason = _unstorable_value(item)
+            if reason:
+                return reason
+    return None
+
+
+def unstorable(diff: PersonDiff) -> str | None:
+    """Why Postgres cannot take this diff (the person fails on its own, outcome `invalid_value`), or
+    None. Cheap for the common case: only texts with an escape sequence or a NUL are looked into."""
+    for kind, entries in ((SET, diff.set), (SET_ONCE, diff.set_once)):
+        for key, (value, _) in entries.items():
+            reason = _unstorable_text(key) or _unstorable_value(value)
+            if reason:
+                return f"{kind} {key!r}: the value or key holds {reason}, which Postgres cannot store"
+    for key in diff.unset:
+        reason = _unstorable_text(key)
+        if reason:
+            return f"unset {key!r}: the key holds {reason}, which Postgres cannot store"
+    return None
 
 
 def iso_timestamp(ts: datetime) -> str:
@@ -180,6 +303,12 @@ def conflict_filter(diff: PersonDiff) -> PersonDiff:
         set_once_map,
         unset_map,
         diff.batch_index,
+        None,  # recomputed from the filtered entries
+        # ClickHouse's texts of a map the filter changed are rebuilt from the decoded values (equal
+        # values; rare: a key both set and unset in the window).
+        diff.set_json if len(set_map) == len(diff.set) else None,
+        diff.set_once_json if len(set_once_map) == len(diff.set_once) else None,
+        diff.invalid,
     )
 
 

@@ -9,15 +9,20 @@ caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg.types.json import set_json_loads
 
 from runner.merge import json_loads
+
+log = logging.getLogger("runner.persons")
 
 APPLICATION_NAME = "person_property_reconciliation"
 
@@ -40,18 +45,33 @@ CREATE TEMP TABLE IF NOT EXISTS {_CHUNK_TABLE} (
     id bigint NOT NULL,
     uuid uuid NOT NULL,
     version_read bigint,
-    properties jsonb NOT NULL,
+    properties jsonb,
+    set_map jsonb,
+    set_dropped text[],
+    set_once_map jsonb,
+    set_once_dropped text[],
     updated_at_set jsonb NOT NULL,
     operation_set jsonb NOT NULL,
     metadata_removed text[],
     version_after bigint NOT NULL,
-    pending_operations jsonb NOT NULL,
-    payload text NOT NULL
+    pending_operations jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 _CHUNK_COLUMNS = (
-    "ord, id, uuid, version_read, properties, updated_at_set, operation_set, metadata_removed, "
-    "version_after, pending_operations, payload"
+    "ord, id, uuid, version_read, properties, set_map, set_dropped, set_once_map, set_once_dropped, "
+    "updated_at_set, operation_set, metadata_removed, version_after, pending_operations"
+)
+
+# The new properties, merged on jsonb (exact values): whole when the row gives them (restore), else the
+# stored ones minus the removed keys, then the SET_ONCE values, then the SET values (ClickHouse's
+# texts), each map without the keys the merge decided not to write. Keys the change does not touch are
+# never decoded, so they stay exactly as Postgres holds them.
+_PROPERTIES_AFTER = (
+    "CASE WHEN c.properties IS NOT NULL THEN c.properties ELSE "
+    "(CASE WHEN jsonb_typeof(p.properties) = 'object' THEN p.properties ELSE '{}'::jsonb END"
+    " - COALESCE(c.metadata_removed, '{}'::text[]))"
+    " || (c.set_once_map - COALESCE(c.set_once_dropped, '{}'::text[]))"
+    " || (c.set_map - COALESCE(c.set_dropped, '{}'::text[])) END"
 )
 
 # R9.7 as a jsonb expression: a NULL (or non-object) map becomes {}, removed keys go, set keys are set.
@@ -64,20 +84,45 @@ _METADATA_AFTER = (
 _UPDATED_AT_AFTER = _METADATA_AFTER.format(col="properties_last_updated_at", delta="updated_at_set")
 _OPERATION_AFTER = _METADATA_AFTER.format(col="properties_last_operation", delta="operation_set")
 
+# §2.7's message, as `runner.merge.kafka_message` writes it, from the properties' jsonb text: the
+# message carries exactly what Postgres holds. (`%%` is a `%` once psycopg bound the parameters.)
+_PAYLOAD = (
+    """format('{"id": "%%s", "team_id": %%s, "properties": %%s, "is_identified": %%s, "is_deleted": 0, """
+    """"created_at": %%s, "version": %%s}', """
+    "uuid, team_id, to_json(properties_after::text), CASE WHEN is_identified THEN 1 ELSE 0 END, "
+    "to_json(to_char(COALESCE(created_at, now()) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')), "
+    "version_after)"
+)
+
 # One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
-# backup's BEFORE columns are the locked rows' and its AFTER columns are exactly what the update writes.
-# The outbox rows get ids in processing order and the id of the chunk's outbox batch, whose row records
-# their id range (the publisher reads a batch back by that range when it did not keep the messages).
+# backup's BEFORE columns are the locked rows'. The update only takes rows still at the version read
+# (a row changed since, by a writer ignoring row locks or a trigger, is left alone and reported back);
+# backups and outbox rows are written for the rows it really changed, with what it wrote. The outbox
+# rows get ids in processing order and the id of the chunk's outbox batch, whose row records their id
+# range (the publisher reads a batch back by that range when it did not keep the messages).
 _WRITE_SQL = f"""
 WITH chunk AS MATERIALIZED (
-    SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations, c.payload,
-           c.properties AS properties_after,
+    SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations,
+           {_PROPERTIES_AFTER} AS properties_after,
            {_UPDATED_AT_AFTER} AS updated_at_after,
            {_OPERATION_AFTER} AS operation_after,
            p.team_id, p.properties, p.properties_last_updated_at, p.properties_last_operation, p.version,
            p.is_identified, p.created_at, p.is_user_id
     FROM {_CHUNK_TABLE} c
     JOIN posthog_person p ON p.team_id = %(team)s AND p.id = c.id
+),
+updated AS (
+    UPDATE posthog_person p
+    SET properties = chunk.properties_after,
+        properties_last_updated_at = chunk.updated_at_after,
+        properties_last_operation = chunk.operation_after,
+        version = chunk.version_after
+    FROM chunk
+    WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
+    RETURNING p.id
+),
+written AS MATERIALIZED (
+    SELECT chunk.*, {_PAYLOAD} AS payload FROM chunk JOIN updated USING (id)
 ),
 backup AS (
     INSERT INTO posthog_person_reconciliation_backup (
@@ -90,19 +135,9 @@ backup AS (
            COALESCE(properties_last_operation, 'null'::jsonb), version,
            is_identified, created_at, is_user_id, pending_operations,
            properties_after, updated_at_after, operation_after, version_after
-    FROM chunk
+    FROM written
     WHERE %(backup)s
     ON CONFLICT (job_id, team_id, person_id) DO NOTHING
-    RETURNING 1
-),
-updated AS (
-    UPDATE posthog_person p
-    SET properties = chunk.properties_after,
-        properties_last_updated_at = chunk.updated_at_after,
-        properties_last_operation = chunk.operation_after,
-        version = chunk.version_after
-    FROM chunk
-    WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
     RETURNING 1
 ),
 batch_id AS MATERIALIZED (
@@ -111,16 +146,21 @@ batch_id AS MATERIALIZED (
 outbox AS (
     INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload, batch_id)
     SELECT %(job)s, %(team)s, uuid, version_after, payload, (SELECT id FROM batch_id)
-    FROM chunk ORDER BY ord
-    RETURNING id
+    FROM written ORDER BY ord
+    RETURNING id, person_uuid, payload
 ),
 batch AS (
     INSERT INTO recon_outbox_batch (id, job_id, team_id, first_id, last_id, messages)
     SELECT (SELECT id FROM batch_id), %(job)s, %(team)s, min(id), max(id), count(*) FROM outbox
+    HAVING count(*) > 0
     RETURNING id, first_id, last_id, messages
 )
-SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated), id, first_id, last_id, messages
-FROM batch
+SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated),
+       (SELECT id FROM batch), (SELECT first_id FROM batch), (SELECT last_id FROM batch),
+       (SELECT messages FROM batch),
+       (SELECT array_agg(uuid::text) FROM chunk WHERE id NOT IN (SELECT id FROM updated)),
+       CASE WHEN %(keep)s THEN (SELECT array_agg(person_uuid::text ORDER BY id) FROM outbox) END,
+       CASE WHEN %(keep)s THEN (SELECT array_agg(payload ORDER BY id) FROM outbox) END
 """
 
 _PERSON_COLUMNS = (
@@ -147,15 +187,21 @@ class PgPerson:
 class PersonWrite:
     """One computed update; JSON columns are already serialised.
 
-    The metadata maps are written either as a delta (`updated_at_set_json`/`operation_set_json` set
-    over the stored maps after removing `metadata_removed`: apply), or whole
-    (`last_updated_at_json`/`last_operation_json` replace them: restore)."""
+    The properties are written either as a change merged in Postgres (`set_json`/`set_once_json` minus
+    their dropped keys over the stored properties minus `metadata_removed`: apply, exact), or whole
+    (`properties_json`: restore). The metadata maps likewise as a delta (`updated_at_set_json`/
+    `operation_set_json` over the stored maps after removing `metadata_removed`: apply), or whole
+    (`last_updated_at_json`/`last_operation_json` replace them: restore). The Kafka message is built in
+    the same statement from the properties Postgres then holds."""
 
     person: PgPerson
-    properties_json: str
     version_after: int
     pending_operations_json: str
-    payload: str
+    properties_json: str | None = None
+    set_json: str = "{}"
+    set_dropped: list[str] = field(default_factory=list)
+    set_once_json: str = "{}"
+    set_once_dropped: list[str] = field(default_factory=list)
     updated_at_set_json: str = "{}"
     operation_set_json: str = "{}"
     metadata_removed: list[str] = field(default_factory=list)
@@ -191,16 +237,93 @@ class OutboxBatch:
     messages: list[tuple[str, str]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChunkWritten:
-    updated: int
-    backups: int
-    outbox: OutboxBatch | None = None
+    """What a chunk's write did: counts, its outbox batches (one, or one per person when the chunk had
+    to be written person by person), the persons whose row had changed since it was read (`lost`: not
+    written, to retry) and those Postgres refused (`invalid`: person -> reason, not written)."""
+
+    updated: int = 0
+    backups: int = 0
+    outbox: list[OutboxBatch] = field(default_factory=list)
+    lost: list[UUID] = field(default_factory=list)
+    invalid: dict[UUID, str] = field(default_factory=dict)
+
+
+# Issue 11, fault 4: a connection attempt gives up after connect_timeout, and TCP keepalives find a
+# peer that vanished (a dead backend or network) instead of waiting on it forever.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# Waits between attempts to reopen a lost connection (bounded: then the error stands).
+RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0)
+
+T = TypeVar("T")
+
+
+def with_reconnect(open_connection: Callable[[], T]) -> T:
+    """Open a connection, retrying with bounded backoff while Postgres cannot be reached."""
+    for wait in RECONNECT_WAITS:
+        try:
+            return open_connection()
+        except psycopg.OperationalError as exc:
+            log.warning("Cannot connect to Postgres (%s); retrying in %.1fs", str(exc).strip(), wait)
+            time.sleep(wait)
+    return open_connection()
+
+
+class Control:
+    """The autocommit connection of the run ledger and the outbox marks, shared by the threads of a
+    run. A lost connection is reopened (bounded backoff) at its next use, and a call that found it lost
+    is made once more on the new one, so a lost connection never leaves the ledger behind."""
+
+    def __init__(self, url: str, application_name: str = APPLICATION_NAME):
+        self._url = url
+        self._application_name = application_name
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> psycopg.Connection:
+        return psycopg.connect(
+            self._url, autocommit=True, application_name=self._application_name, **CONNECT_OPTIONS
+        )
+
+    def get(self) -> psycopg.Connection:
+        with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    self._conn.close()
+                    log.warning("The control connection to Postgres was lost; reconnecting")
+                self._conn = with_reconnect(self._open)
+            return self._conn
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        conn = self.get()
+        try:
+            return fn(conn, *args, **kwargs)
+        except psycopg.OperationalError:
+            if not (conn.broken or conn.closed):
+                raise
+            return fn(self.get(), *args, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
 
 
 def connect(url: str, *, read_only: bool = False) -> psycopg.Connection:
-    """The apply connection: transactions committed per batch (never autocommit), R9.1 settings."""
-    conn = psycopg.connect(url, autocommit=False)
+    """The apply connection: transactions committed per batch (never autocommit), R9.1 settings.
+    Retried with bounded backoff while Postgres cannot be reached."""
+    return with_reconnect(lambda: _connect(url, read_only))
+
+
+def _connect(url: str, read_only: bool) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=False, **CONNECT_OPTIONS)
     set_json_loads(json_loads, conn)  # jsonb columns decoded through orjson (same values)
     with conn.cursor() as cur:
         for name, value in SESSION_SETTINGS:
@@ -254,6 +377,28 @@ def lock_persons(
         (team_id, _uuid_array(uuids)),
     ).fetchall()
     return {person.uuid: person for person in map(_row_to_person, rows)}
+
+
+HELD = "held"
+
+
+def lock_waiting(conn: psycopg.Connection, team_id: int, uuid: UUID, *, wait: bool) -> PgPerson | str | None:
+    """Lock one person's row, waiting for another transaction that holds it (bounded by the session's
+    lock_timeout; `wait=False`: not at all). Once the lock is granted the row is read as that
+    transaction left it. Returns the row, HELD when the wait timed out, or None when there is no row."""
+    suffix = " FOR UPDATE" if wait else " FOR UPDATE NOWAIT"
+    with conn.cursor() as cur:
+        cur.execute("SAVEPOINT recon_lock")
+        try:
+            row = cur.execute(
+                f"SELECT {_PERSON_COLUMNS} FROM posthog_person WHERE team_id = %s AND uuid = %s{suffix}",
+                (team_id, uuid),
+            ).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            cur.execute("ROLLBACK TO SAVEPOINT recon_lock")
+            return HELD
+        cur.execute("RELEASE SAVEPOINT recon_lock")
+    return None if row is None else _row_to_person(row)
 
 
 def existing_uuids(conn: psycopg.Connection, team_id: int, uuids: Sequence[UUID]) -> set[UUID]:
@@ -312,18 +457,34 @@ def _copy_lines(writes: Sequence[PersonWrite]) -> Iterator[str]:
         person = w.person
         updated_at, operation, removed = w.metadata_columns()
         removed_text = _text_array(removed)
+        properties = _COPY_NULL if w.properties_json is None else _copy_text(w.properties_json)
         lines.append(
             f"{ord_}\t{person.id}\t{person.uuid}\t"
-            f"{_COPY_NULL if person.version is None else person.version}\t"
-            f"{_copy_text(w.properties_json)}\t{_copy_text(updated_at)}\t{_copy_text(operation)}\t"
+            f"{_COPY_NULL if person.version is None else person.version}\t{properties}\t"
+            f"{_copy_text(w.set_json)}\t{_copy_array(w.set_dropped)}\t"
+            f"{_copy_text(w.set_once_json)}\t{_copy_array(w.set_once_dropped)}\t"
+            f"{_copy_text(updated_at)}\t{_copy_text(operation)}\t"
             f"{_COPY_NULL if removed_text is None else _copy_text(removed_text)}\t{w.version_after}\t"
-            f"{_copy_text(w.pending_operations_json)}\t{_copy_text(w.payload)}\n"
+            f"{_copy_text(w.pending_operations_json)}\n"
         )
         if len(lines) == _COPY_ROWS_PER_WRITE:
             yield "".join(lines)
             lines = []
     if lines:
         yield "".join(lines)
+
+
+def _copy_array(items: list[str]) -> str:
+    return _COPY_NULL if not items else _copy_text(_text_array(items) or "{}")
+
+
+# Errors of a chunk's write that one person's values can cause (Postgres cannot store a value: a NUL
+# character, an invalid escape, a too large row): the chunk is then written person by person.
+_PERSON_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 
 def write_chunk(
@@ -336,29 +497,68 @@ def write_chunk(
     keep_messages: bool = True,
 ) -> ChunkWritten:
     """Backups, updates and outbox rows of a chunk of locked persons, in the caller's transaction.
-    Returns the counts and the chunk's outbox batch (with its messages unless `keep_messages` is
-    False)."""
+
+    One set-based statement; should Postgres refuse it for a value, the chunk is written again person by
+    person, each under a savepoint, so only the persons it refuses fail (`invalid`). Returns the counts,
+    the chunk's outbox batches (with their messages unless `keep_messages` is False), and the persons
+    not written."""
     if not writes:
-        return ChunkWritten(0, 0)
+        return ChunkWritten()
     with conn.cursor() as cur:
-        # One primary-key lookup per chunk row: the planner knows nothing of the temporary table and
-        # would rather hash the whole team's rows, a scan of the team for every chunk. Both settings
-        # last until the transaction ends; only single-table reads and chunk writes follow them.
-        cur.execute(
-            f"DELETE FROM {_CHUNK_TABLE}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+        cur.execute("SAVEPOINT recon_chunk")
+        try:
+            written = _write_set(cur, job_id, team_id, writes, backup, keep_messages)
+        except _PERSON_ERRORS as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT recon_chunk")
+            if len(writes) == 1:
+                return ChunkWritten(invalid={writes[0].person.uuid: _reason(exc)})
+            written = ChunkWritten()
+            for w in writes:
+                cur.execute("SAVEPOINT recon_person")
+                try:
+                    one = _write_set(cur, job_id, team_id, [w], backup, keep_messages)
+                except _PERSON_ERRORS as person_exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT recon_person")
+                    written.invalid[w.person.uuid] = _reason(person_exc)
+                    continue
+                cur.execute("RELEASE SAVEPOINT recon_person")
+                written.updated += one.updated
+                written.backups += one.backups
+                written.outbox += one.outbox
+                written.lost += one.lost
+        cur.execute("RELEASE SAVEPOINT recon_chunk")
+    return written
+
+
+def _reason(exc: Exception) -> str:
+    return f"Postgres refused the value: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _write_set(
+    cur: psycopg.Cursor[Any],
+    job_id: str,
+    team_id: int,
+    writes: Sequence[PersonWrite],
+    backup: bool,
+    keep_messages: bool,
+) -> ChunkWritten:
+    # One primary-key lookup per chunk row: the planner knows nothing of the temporary table and would
+    # rather hash the whole team's rows, a scan of the team for every chunk. Both settings last until
+    # the transaction ends; only single-table reads and chunk writes follow them.
+    cur.execute(
+        f"DELETE FROM {_CHUNK_TABLE}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+    )
+    with cur.copy(f"COPY {_CHUNK_TABLE} ({_CHUNK_COLUMNS}) FROM STDIN") as copy:
+        for block in _copy_lines(writes):
+            copy.write(block)
+    cur.execute(_WRITE_SQL, {"job": job_id, "team": team_id, "backup": backup, "keep": keep_messages})
+    row = cur.fetchone()
+    assert row is not None
+    backups, updated, batch_id, first_id, last_id, size, lost, keys, payloads = row
+    outbox = []
+    if batch_id is not None:
+        messages = list(zip(keys, payloads, strict=True)) if keep_messages else None
+        outbox.append(
+            OutboxBatch(int(batch_id), job_id, team_id, int(first_id), int(last_id), int(size), messages)
         )
-        with cur.copy(f"COPY {_CHUNK_TABLE} ({_CHUNK_COLUMNS}) FROM STDIN") as copy:
-            for block in _copy_lines(writes):
-                copy.write(block)
-        cur.execute(_WRITE_SQL, {"job": job_id, "team": team_id, "backup": backup})
-        row = cur.fetchone()
-        assert row is not None
-        backups, updated, batch_id, first_id, last_id, size = row
-    if updated != len(writes):
-        # Cannot happen while the rows are locked; refuse to commit a partial chunk.
-        raise RuntimeError(
-            f"team {team_id}: updated {updated} of {len(writes)} locked persons; batch rolled back"
-        )
-    messages = [(str(w.person.uuid), w.payload) for w in writes] if keep_messages else None
-    outbox = OutboxBatch(int(batch_id), job_id, team_id, int(first_id), int(last_id), int(size), messages)
-    return ChunkWritten(int(updated), int(backups), outbox)
+    return ChunkWritten(int(updated), int(backups), outbox, [UUID(u) for u in lost or ()])

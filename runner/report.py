@@ -102,6 +102,14 @@ def _job_filter(filters: Filters, column: str) -> tuple[str, dict[str, Any]]:
     return " AND ".join(clauses) or "true", params
 
 
+def _status(ledger_status: str) -> str:
+    """The report's status of a ledger row. An `incomplete` team (some persons not applied) is listed
+    as failed, with the ledger's error naming them, so that the next pass re-runs it."""
+    if ledger_status == ledger.INCOMPLETE:
+        return ledger.FAILED
+    return ledger_status if ledger_status in (ledger.SUCCEEDED, ledger.FAILED) else UNFINISHED
+
+
 def read_results(conn: psycopg.Connection, filters: Filters) -> list[TeamResult]:
     """Every team result of apply jobs in scope, newest attempt first within each team."""
     job_clause, params = _job_filter(filters, "t.job_id")
@@ -123,7 +131,7 @@ def read_results(conn: psycopg.Connection, filters: Filters) -> list[TeamResult]
     return [
         TeamResult(
             team_id=int(r[0]),
-            status=r[1] if r[1] in (ledger.SUCCEEDED, ledger.FAILED) else UNFINISHED,
+            status=_status(r[1]),
             error=r[2],
             run_id=r[3],
             step_key=r[4],

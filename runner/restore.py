@@ -44,7 +44,7 @@ import psycopg
 
 from runner import faults, ledger, metrics, outbox, persons
 from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, TEAM_FAILED
-from runner.merge import kafka_message
+from runner.merge import json_dumps, json_loads
 from runner.publisher import Publisher, PublishError, drain
 from runner.restore_rules import (
     PersonState,
@@ -61,7 +61,10 @@ RESTORED = "restored"
 SKIPPED = "skipped"
 NOT_FOUND = "not_found"
 VERSION_CONFLICT = "version_conflict"
-OUTCOMES = (RESTORED, SKIPPED, NOT_FOUND, VERSION_CONFLICT, TEAM_FAILED)
+INVALID_VALUE = "invalid_value"
+OUTCOMES = (RESTORED, SKIPPED, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
+# Entries the restore did not restore although it finished their team: the team is `incomplete`.
+PERSON_FAILURES = (VERSION_CONFLICT, INVALID_VALUE)
 
 APPLICATION_NAME = "person_property_restore"  # R13.3
 JOB_NAME = "person_property_restore_job"
@@ -130,6 +133,7 @@ class PersonRestore:
     version_before: int | None = None
     version_after: int | None = None
     already_restored: bool = False
+    reason: str | None = None  # why the person failed (invalid_value, version_conflict)
 
 
 @dataclass
@@ -143,6 +147,8 @@ class TeamRestore:
     already_restored: int = 0
     commits: int = 0
     duration_seconds: float = 0.0
+    # Entries not restored (version_conflict, invalid_value): (uuid, outcome, reason), the first ones.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -165,7 +171,7 @@ class RestoreRun:
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(t.status == ledger.FAILED for t in self.teams)
+        return self.error is not None or any(t.status != ledger.SUCCEEDED for t in self.teams)
 
     def total(self, attribute: str) -> int:
         return sum(getattr(t, attribute) for t in self.teams)
@@ -329,16 +335,20 @@ class _Batch:
         self.outbox: list[persons.OutboxBatch] = []
         self.kept_messages = 0
         self.outcomes.clear()
+        self.failures: list[tuple[str, str, str]] = []
         self.restored = 0
         self.already = 0
 
     def add(self, result: PersonRestore, *, written: bool) -> None:
+        if result.outcome in PERSON_FAILURES:
+            self.failures.append((str(result.entry.uuid), result.outcome, result.reason or ""))
         self.persons += 1
         self.outcomes[result.outcome] += 1
         self.restored += written or result.already_restored
         self.already += result.already_restored
 
     def merge_into(self, team: TeamRestore) -> None:
+        team.failures += self.failures[: max(0, ledger.FAILURES_KEPT - len(team.failures))]
         team.outcomes.update(self.outcomes)
         team.restored += self.restored
         team.already_restored += self.already
@@ -415,7 +425,7 @@ class Restorer:
                 ledger.finish_run(
                     self.control, cfg.restore_job_id, ledger.FAILED if run.failed else ledger.SUCCEEDED
                 )
-            failed = [t.team_id for t in run.teams if t.status == ledger.FAILED]
+            failed = [t.team_id for t in run.teams if t.status != ledger.SUCCEEDED]
             if failed:
                 log.warning("Restore %s: teams failed: %s", cfg.restore_job_id, failed)
             log.info(
@@ -491,7 +501,11 @@ class Restorer:
                     if cfg.batch_size and batch.persons >= cfg.batch_size:
                         self._close_batch(team, batch)
             self._close_batch(team, batch)
-            team.status = ledger.SUCCEEDED
+            if any(team.outcomes.get(o) for o in PERSON_FAILURES):
+                team.status = ledger.INCOMPLETE
+                team.error = ledger.failures_text(team.outcomes, PERSON_FAILURES)
+            else:
+                team.status = ledger.SUCCEEDED
         except Exception as exc:  # noqa: BLE001 - the team's error boundary (R13.6), then the next team
             self._fail_team(team, batch, exc)
         team.duration_seconds = time.monotonic() - started
@@ -524,6 +538,9 @@ class Restorer:
             outcomes={
                 **{o: team.outcomes.get(o, 0) for o in OUTCOMES},
                 "already_restored": team.already_restored,
+                "failures": [
+                    {"person_uuid": u, "outcome": o, "reason": reason} for u, o, reason in team.failures
+                ],
             },
             commits=team.commits,
             duration_seconds=team.duration_seconds,
@@ -567,20 +584,25 @@ class Restorer:
             faults.point("before_commit")
             self.conn.commit()
             team.commits += 1
+            # Committed: it counts as restored whatever happens to its publishing (its outbox rows wait
+            # for the next run if that fails).
+            outbox, persons_in_batch, writes = batch.outbox, batch.persons, batch.writes
+            batch.merge_into(team)
+            self.sink.batch_closed()
             faults.point("after_commit")
-            produced = sum(self.publisher.produce_batch(self.control, b) for b in batch.outbox)
+            produced = sum(self.publisher.produce_batch(self.control, b) for b in outbox)
             self.publisher.mark_published(self.control)
             log.info(
                 "Team %d: committed restore batch %d (%d persons, %d restored), %d messages sent to Kafka",
                 team.team_id,
                 team.commits,
-                batch.persons,
-                batch.writes,
+                persons_in_batch,
+                writes,
                 produced,
             )
             faults.point("after_batch")
-        else:
-            self.conn.rollback()
+            return
+        self.conn.rollback()
         batch.merge_into(team)
         self.sink.batch_closed()
 
@@ -594,13 +616,14 @@ class Restorer:
         rows, held = self._lock(team_id, [u for u in uuids if u not in done])
         metadata = _metadata(self.conn, team_id, [row.id for row in rows.values()])
         writes: list[persons.PersonWrite] = []
+        results: list[PersonRestore] = []
         for entry in chunk:
             pg = rows.get(entry.uuid)
             write = None
             if entry.uuid in done:
                 result = _already_restored(entry, done[entry.uuid])
             elif entry.uuid in held:
-                result = PersonRestore(entry, VERSION_CONFLICT)
+                result = PersonRestore(entry, VERSION_CONFLICT, reason="another transaction held the row")
             elif pg is None or pg.id != entry.person_id:
                 result = PersonRestore(entry, NOT_FOUND)
             else:
@@ -611,17 +634,36 @@ class Restorer:
                 )
             if write is not None:
                 writes.append(write)
-            batch.add(result, written=write is not None)
-            self.sink.person(result)
+            results.append(result)
+        failed: dict[UUID, tuple[str, str]] = {}
         if writes:
             keep = batch.kept_messages + len(writes) <= KEPT_MESSAGES
-            written = persons.write_chunk(
-                self.conn, cfg.restore_job_id, team_id, writes, backup=True, keep_messages=keep
-            )
-            if written.outbox is not None:
-                batch.outbox.append(written.outbox)
-                batch.kept_messages += len(written.outbox.messages or ())
-            batch.writes += len(writes)
+            try:
+                written = persons.write_chunk(
+                    self.conn, cfg.restore_job_id, team_id, writes, backup=True, keep_messages=keep
+                )
+            except Exception:
+                for result in results:  # they count as team_failed
+                    batch.add(result, written=False)
+                    self.sink.person(result)
+                raise
+            for chunk_outbox in written.outbox:
+                batch.outbox.append(chunk_outbox)
+                batch.kept_messages += len(chunk_outbox.messages or ())
+            batch.writes += len(writes) - len(written.lost) - len(written.invalid)
+            failed = {
+                u: (VERSION_CONFLICT, "the row changed between its lock and the write") for u in written.lost
+            }
+            failed.update({u: (INVALID_VALUE, reason) for u, reason in written.invalid.items()})
+        written_uuids = {w.person.uuid for w in writes}
+        for result in results:
+            uuid = result.entry.uuid
+            if uuid in failed:
+                result.outcome, result.reason = failed[uuid]
+                result.properties_after = result.version_after = None
+                log.warning("Person %s of team %d: %s", uuid, team_id, result.reason)
+            batch.add(result, written=uuid in written_uuids and uuid not in failed)
+            self.sink.person(result)
 
     def _lock(self, team_id: int, uuids: list[UUID]) -> tuple[dict[UUID, persons.PgPerson], set[UUID]]:
         """Lock (dry run: read) the rows; returns them and the uuids whose rows another transaction
@@ -654,19 +696,15 @@ class Restorer:
         )
         if self.config.dry_run:
             return result, None
-        properties_json = json.dumps(change.state.properties)
         updated_at_set, operation_set, removed = metadata_delta(current, change.state)
         write = persons.PersonWrite(
             person=pg,
-            properties_json=properties_json,
-            updated_at_set_json=json.dumps(updated_at_set),
-            operation_set_json=json.dumps(operation_set),
+            properties_json=json_dumps(change.state.properties),
+            updated_at_set_json=json_dumps(updated_at_set),
+            operation_set_json=json_dumps(operation_set),
             metadata_removed=removed,
             version_after=version_after,
-            pending_operations_json=json.dumps(restore_operations(change, self.started_at)),
-            payload=kafka_message(
-                pg.uuid, entry.team_id, properties_json, pg.is_identified, pg.created_at, version_after
-            ),
+            pending_operations_json=json_dumps(restore_operations(change, self.started_at)),
         )
         return result, write
 
@@ -689,7 +727,7 @@ def _already_restored(entry: BackupEntry, earlier: persons.AppliedByJob) -> Pers
     return PersonRestore(
         entry,
         RESTORED,
-        properties_after=json.loads(message["properties"]),
+        properties_after=json_loads(message["properties"]),
         version_after=earlier.version,
         already_restored=True,
     )

@@ -1,9 +1,10 @@
 """`runner restore`: undo a job from its backup rows, publishing the restored persons to Kafka.
 
-Exit codes (as apply's): 0 every team succeeded; 1 at least one team failed (or unpublished messages
-of an earlier run could not be published, so nothing was restored; or messages of the restore are
-quarantined, see `runner outbox`); 2 bad usage or configuration (unknown strategy, unknown job id,
-filters matching no backup row), nothing written.
+Exit codes (as apply's): 0 every team succeeded; 1 at least one team failed or is incomplete (entries
+not restored: version_conflict, invalid_value), or the restore stopped early (unpublished messages of an
+earlier run could not be published, or Postgres was lost), or messages of the restore are quarantined
+(see `runner outbox`); 2 bad usage or configuration (unknown strategy, unknown job id, filters matching
+no backup row), nothing written.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import click
 from runner import job_lock, ledger, metrics, options, outbox, settings
 from runner import warehouse as wh
 from runner.apply_cli import JsonSink
+from runner.merge import display_default
 from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.restore import (
+    INVALID_VALUE,
     NOT_FOUND,
     OUTCOMES,
     RESTORED,
@@ -41,6 +44,10 @@ from runner.restore_rules import STRATEGIES
 log = logging.getLogger("runner.restore")
 
 
+def _shown(properties: dict[str, Any] | None) -> str:
+    return json.dumps(properties, sort_keys=True, default=display_default)
+
+
 # --- JSON lines ------------------------------------------------------------------------------------
 
 
@@ -56,6 +63,7 @@ def person_line(result: PersonRestore) -> dict[str, Any]:
         "properties_after": result.properties_after,
         "version_before": result.version_before,
         "version_after": result.version_after,
+        "reason": result.reason,
     }
 
 
@@ -70,6 +78,7 @@ def team_line(team: TeamRestore) -> dict[str, Any]:
         "outcomes": {outcome: team.outcomes.get(outcome, 0) for outcome in OUTCOMES},
         "already_restored": team.already_restored,
         "commits": team.commits,
+        "failures": [{"person_uuid": u, "outcome": o, "reason": r} for u, o, r in team.failures],
     }
 
 
@@ -101,7 +110,7 @@ class RestoreJsonSink(JsonSink):
         pass
 
     def person(self, result: PersonRestore) -> None:
-        self._staged.write(json.dumps(person_line(result)) + "\n")
+        self._staged.write(json.dumps(person_line(result), default=display_default) + "\n")
 
     def team_done(self, team: TeamRestore) -> None:
         pass
@@ -169,8 +178,8 @@ class HumanRestoreSink:
                 f"version {r.version_before} -> {r.version_after}{note}\n"
             )
             if not r.already_restored:
-                self.out.write(f"    before: {json.dumps(r.properties_before, sort_keys=True)}\n")
-            self.out.write(f"    after:  {json.dumps(r.properties_after, sort_keys=True)}\n")
+                self.out.write(f"    before: {_shown(r.properties_before)}\n")
+            self.out.write(f"    after:  {_shown(r.properties_after)}\n")
         self.out.flush()
 
     def restore_finished(self, run: RestoreRun) -> None:
@@ -180,7 +189,9 @@ class HumanRestoreSink:
         self.out.write("\n" + _team_table(run) + "\n")
         for team in run.teams:
             if team.error:
-                self.out.write(f"team {team.team_id} failed: {team.error}\n")
+                self.out.write(f"team {team.team_id} {team.status}: {team.error}\n")
+            for person_uuid, outcome, reason in team.failures[:10]:
+                self.out.write(f"  person {person_uuid}: {outcome}: {reason}\n")
         if run.error:
             self.out.write(f"restore failed: {run.error}\n")
         if run.total("already_restored"):
@@ -231,7 +242,8 @@ def _team_table(run: RestoreRun) -> str:
     def counts(teams: Sequence[TeamRestore]) -> list[str]:
         restored = sum(t.outcomes.get(RESTORED, 0) if dry_run else t.restored for t in teams)
         by_outcome = [
-            sum(t.outcomes.get(o, 0) for t in teams) for o in (SKIPPED, NOT_FOUND, VERSION_CONFLICT)
+            sum(t.outcomes.get(o, 0) for t in teams)
+            for o in (SKIPPED, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE)
         ]
         return [str(sum(t.processed for t in teams)), str(restored), *map(str, by_outcome)] + [
             str(sum(t.outcomes.get(TEAM_FAILED, 0) for t in teams)),
@@ -240,7 +252,7 @@ def _team_table(run: RestoreRun) -> str:
         ]
 
     header = ["team", "status", "processed", "would restore" if dry_run else "restored"]
-    header += ["unchanged", "not found", "conflict", "failed", "commits", "seconds"]
+    header += ["unchanged", "not found", "conflict", "invalid", "failed", "commits", "seconds"]
     body = [[str(t.team_id), t.status, *counts([t])] for t in run.teams]
     ok = sum(t.status == ledger.SUCCEEDED for t in run.teams)
     body.append(["total", f"{ok}/{len(run.teams)} ok", *counts(run.teams)])
@@ -345,9 +357,14 @@ def restore(
     A message Kafka rejects for good is quarantined in the outbox (see `runner outbox`); its person stays
     restored and counted so.
 
-    Exit codes: 0 every team succeeded; 1 a team failed (or earlier messages could not be published, or
-    messages of this restore are quarantined); 2 bad usage or configuration (unknown strategy or job id,
-    filters matching nothing), nothing written.
+    Outcomes per backup entry: restored, skipped, not_found, version_conflict (the row stayed held by
+    another transaction, or changed under the write), invalid_value (Postgres refused the value: the
+    entry alone fails, with its reason), team_failed. A team with version_conflict or invalid_value
+    entries is `incomplete`.
+
+    Exit codes: 0 every team succeeded; 1 a team failed or is incomplete, messages of this restore are
+    quarantined, or the restore stopped early (the summary and the ledger count what was committed); 2
+    bad usage or configuration (unknown strategy or job id, filters matching nothing), nothing written.
     """
     options.validate_job_id(restore_job_id, "--restore-job-id")
     config = RestoreConfig(

@@ -169,6 +169,7 @@ def test_apply_then_restore_returns_every_person_to_before(applied, pg_rows, kaf
         "properties_after": {"plan": "pro", "source": "seo", "legacy": "x"},
         "version_before": 4,
         "version_after": 5,
+        "reason": None,
     }
     summary = run.summary()
     assert {
@@ -213,12 +214,13 @@ def test_apply_then_restore_returns_every_person_to_before(applied, pg_rows, kaf
         for m in read_topic(kafka_bootstrap, applied["topic"])
         if m.key() == str(A).encode() and json.loads(m.value())["version"] == 5
     ]
+    # The properties are the text of the jsonb Postgres now holds (its key order).
     assert raw == [
         json.dumps(
             {
                 "id": str(A),
                 "team_id": 1,
-                "properties": json.dumps({"plan": "pro", "source": "seo", "legacy": "x"}),
+                "properties": '{"plan": "pro", "legacy": "x", "source": "seo"}',
                 "is_identified": 1,
                 "is_deleted": 0,
                 "created_at": "2025-11-03 10:20:30.123000",
@@ -442,7 +444,8 @@ def test_locked_and_deleted_persons(applied, pg_rows, pg_url):
         holder.execute("SELECT 1 FROM posthog_person WHERE uuid = %s FOR UPDATE", (A,))
         run = run_restore("--job-id", "job-a", "--output", "json")
         holder.rollback()
-    assert run.exit_code == 0, run.stderr
+    # A stays held (past the retry's wait): version_conflict, and its team is incomplete.
+    assert run.exit_code == 1, run.stderr
     outcomes = {uuid: line["outcome"] for uuid, line in run.persons().items()}
     assert outcomes == {
         str(A): "version_conflict",
@@ -452,21 +455,24 @@ def test_locked_and_deleted_persons(applied, pg_rows, pg_url):
     }
     team1 = run.summary()["teams"][0]
     assert (team1["processed"], team1["restored"], team1["skipped"]) == (3, 1, 2)
+    assert team1["status"] == "incomplete" and "version_conflict" in team1["error"]
     assert state(pg_rows)[A] == applied["after"][A]
     assert f"Person {A} (id {applied['ids'][A]}) of team 1: version_conflict" in run.stderr
 
 
 def test_failing_team_is_reported_and_the_others_restored(applied, pg_rows):
-    # A constraint that rejects team 2's restored value: its batch fails (gotcha 23), team 1 goes on.
+    # A trigger that raises on team 2's write: its batch fails, team 1 goes on.
     pg = applied["pg"]
     pg.execute(
-        "ALTER TABLE posthog_person ADD CONSTRAINT restore_test_reject "
-        "CHECK (team_id <> 2 OR properties->>'x' IS DISTINCT FROM 'old') NOT VALID"
+        "CREATE FUNCTION restore_test_reject() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.team_id = 2 THEN RAISE EXCEPTION 'restore_test_reject'; END IF; RETURN NEW; END$$; "
+        "CREATE TRIGGER restore_test_reject BEFORE UPDATE ON posthog_person "
+        "FOR EACH ROW EXECUTE FUNCTION restore_test_reject()"
     )
     try:
         run = run_restore("--job-id", "job-a", "--restore-job-id", "undo-fail", "--output", "json")
     finally:
-        pg.execute("ALTER TABLE posthog_person DROP CONSTRAINT restore_test_reject")
+        pg.execute("DROP TRIGGER restore_test_reject ON posthog_person; DROP FUNCTION restore_test_reject()")
     assert run.exit_code == 1
     teams = {t["team_id"]: t for t in run.summary()["teams"]}
     assert teams[1]["status"] == "succeeded" and teams[1]["restored"] == 3
@@ -493,6 +499,34 @@ def test_failing_team_is_reported_and_the_others_restored(applied, pg_rows):
     assert state(pg_rows)[E][0] == {"x": "old"}
 
 
+def test_value_postgres_refuses_fails_only_its_person(applied, pg_rows):
+    """Issue 11, fault 2 for restore: a value Postgres refuses (here a CHECK constraint) fails that
+    entry alone (`invalid_value`, with the reason); the rest of its team is restored; exit 1."""
+    pg = applied["pg"]
+    pg.execute(
+        "ALTER TABLE posthog_person ADD CONSTRAINT restore_test_reject "
+        "CHECK (team_id <> 2 OR properties->>'x' IS DISTINCT FROM 'old') NOT VALID"
+    )
+    try:
+        run = run_restore("--job-id", "job-a", "--restore-job-id", "undo-invalid", "--output", "json")
+    finally:
+        pg.execute("ALTER TABLE posthog_person DROP CONSTRAINT restore_test_reject")
+    assert run.exit_code == 1
+    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    assert teams[1]["status"] == "succeeded" and teams[1]["restored"] == 3
+    assert teams[2]["status"] == "incomplete" and teams[2]["outcomes"]["invalid_value"] == 1
+    line = run.persons()[str(E)]
+    assert line["outcome"] == "invalid_value" and "restore_test_reject" in line["reason"]
+    assert state(pg_rows)[E] == applied["after"][E]
+    [(status, outcomes)] = pg_rows(
+        "SELECT status, outcomes FROM recon_run_team WHERE job_id = 'undo-invalid' AND team_id = 2"
+    )
+    assert status == "incomplete" and outcomes["failures"][0]["person_uuid"] == str(E)
+    again = run_restore("--job-id", "job-a", "--restore-job-id", "undo-invalid", "--output", "json")
+    assert again.exit_code == 0, again.stderr
+    assert state(pg_rows)[E][0] == {"x": "old"}
+
+
 def test_crash_after_commit_is_resumed_and_published_once(applied, pg_rows, kafka_bootstrap, subprocess_env):
     env = {**subprocess_env, faults.ENV_FAULT: "after_commit:1"}
     crashed = _fixtures.run_subprocess(
@@ -514,3 +548,26 @@ def test_crash_after_commit_is_resumed_and_published_once(applied, pg_rows, kafk
     now = state(pg_rows)
     restored = messages_of(kafka_bootstrap, applied["topic"], {str(p): now[p][3] for p in now})
     assert set(restored) == {str(A), str(B), str(C), str(E)}
+
+
+def test_publish_failing_after_the_commit_still_counts_the_restored_persons(applied, pg_rows):
+    """Issue 11, fault 6: the restore of A commits, then its message cannot be produced (1.2 MB, past
+    the producer's message size limit). The committed work counts as restored, in the output and the
+    ledger; the run exits 1."""
+    big = "x" * 1_200_000
+    applied["pg"].execute(
+        "UPDATE posthog_person_reconciliation_backup SET properties = jsonb_set(properties, '{plan}', %s) "
+        "WHERE job_id = 'job-a' AND uuid = %s",
+        (json.dumps(big), A),
+    )
+    run = run_restore(
+        "--job-id", "job-a", "--restore-job-id", "undo-big", "--team-id", "1", "--output", "json"
+    )
+    assert run.exit_code == 1, run.stdout + run.stderr
+    [team] = run.summary()["teams"]
+    assert team["restored"] == 3 and team["outcomes"]["team_failed"] == 0, team
+    assert run.persons()[str(A)]["outcome"] == "restored"
+    assert pg_rows("SELECT properties->>'plan' = %s FROM posthog_person WHERE uuid = %s", (big, A)) == [
+        (True,)
+    ]
+    assert pg_rows("SELECT processed, updated FROM recon_run_team WHERE job_id = 'undo-big'") == [(3, 3)]

@@ -336,3 +336,70 @@ def test_kafka_created_at_defaults_to_now_in_utc():
 def test_chunk_id():
     assert chunk_id([5]) == "team_5"
     assert chunk_id([2, 5, 9]) == "teams_2_9"
+
+
+# --- exact numbers and values Postgres cannot store (issue 11, faults 1 and 2) ----------------------
+
+
+def test_json_loads_keeps_numbers_a_double_cannot_hold():
+    from decimal import Decimal
+
+    from runner.merge import exact_float, json_equal, json_loads
+
+    value = json_loads(
+        '{"p": 0.30000000000000000001, "h": 1e400, "t": 1e-400, "i": 123456789012345678901234567890}'
+    )
+    assert value == {
+        "p": Decimal("0.30000000000000000001"),
+        "h": Decimal("1e400"),
+        "t": Decimal("1e-400"),
+        "i": 123456789012345678901234567890,
+    }
+    assert json_loads(b'{"a": 0.1, "b": 2.5, "c": "1e5 in a string"}') == {
+        "a": 0.1,
+        "b": 2.5,
+        "c": "1e5 in a string",
+    }
+    assert exact_float("1.50") == 1.5 and type(exact_float("1.50")) is float
+    assert exact_float("-0.0") == 0.0
+    # Equal values compare equal whichever way they were decoded; distinct ones never do.
+    assert json_equal(json_loads("0.30000000000000000001"), 0.3) is False
+    assert json_equal(json_loads("[1e2]")[0], 100)
+
+
+def test_json_dumps_writes_exact_numbers_as_their_text():
+    from runner.merge import json_dumps, json_loads
+
+    text = '{"p": 0.30000000000000000001, "n": [1e400, {"x": 2}], "s": "Zo\\u00eb"}'
+    assert json_loads(json_dumps(json_loads(text))) == json_loads(text)
+    assert json_dumps({"a": 1, "b": [True, None]}) == json.dumps({"a": 1, "b": [True, None]})
+
+
+def test_unstorable_names_nul_characters_and_lone_surrogates():
+    from runner.merge import unstorable
+
+    ok = PersonDiff(1, P, 1, set={"a": ("x", T1)}, set_once={"b": ({"c": [1, "d"]}, T1)}, unset={"e": T1})
+    assert unstorable(ok) is None
+    assert "NUL" in (unstorable(PersonDiff(1, P, 1, set_once={"a": ("a\x00b", T1)})) or "")
+    assert "NUL" in (unstorable(PersonDiff(1, P, 1, set={"k\x00": ("v", T1)})) or "")
+    assert "NUL" in (unstorable(PersonDiff(1, P, 1, set={"k": ({"n": ["\x00"]}, T1)})) or "")
+    assert "surrogate" in (unstorable(PersonDiff(1, P, 1, set={"k": ("\ud800", T1)})) or "")
+    assert "NUL" in (unstorable(PersonDiff(1, P, 1, unset={"u\x00": T1})) or "")
+
+
+def test_dropped_keys_are_those_the_merge_does_not_write():
+    diff = PersonDiff(
+        1,
+        P,
+        3,
+        set={"same": ("v", T1), "new": ("n", T1), "both": ("s", T1)},
+        set_once={"present": ("x", T1), "absent": ("y", T1), "both": ("o", T1)},
+    )
+    merged = simple_merge({"same": "v", "present": 1}, diff)
+    set_dropped, set_once_dropped = merged.dropped(diff)
+    assert set_dropped == ["same"]
+    assert set_once_dropped == ["present", "both"]  # `both` is written by SET, which wins
+    assert diff.value_maps() == (
+        '{"same": "v", "new": "n", "both": "s"}',
+        '{"present": "x", "absent": "y", "both": "o"}',
+    )

@@ -101,6 +101,7 @@ def test_output_shapes():
         "properties_after": {"a": 1},
         "version_before": None,
         "version_after": 1,
+        "reason": None,
     }
     run = RestoreRun(
         RestoreConfig(job_id="j", restore_job_id="r", dry_run=True), [team("succeeded", restored=2)]

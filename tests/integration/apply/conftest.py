@@ -146,3 +146,15 @@ def pg_rows(pg_url: str) -> Callable[..., list[tuple]]:
 def _no_fault_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(faults.ENV_FAULT, raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_triggers(pg_url: str) -> Iterator[None]:
+    """Triggers a test put on posthog_person (to fail or race a write) never outlive it."""
+    yield
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'posthog_person'::regclass AND NOT tgisinternal"
+        ).fetchall()
+        for (name,) in names:
+            conn.execute(f'DROP TRIGGER "{name}" ON posthog_person')

@@ -22,19 +22,21 @@ pytestmark = pytest.mark.integration
 
 
 def seed_team(env, team_id: int, n: int, *, poisoned: int | None = None) -> list:
-    """n persons with one SET each; the `poisoned` one sets a string with a NUL character, which
-    Postgres's jsonb rejects (gotcha 23): its batch fails."""
+    """n persons with one SET each; writing the `poisoned` one makes a trigger raise (an error no
+    single value explains): its batch fails."""
     uuids = [new_uuid(team_id * 100 + i) for i in range(n)]
     insert_ch_persons(env["ch"], [(team_id, u, {"plan": "free"}, 2) for u in uuids])
     for u in uuids:
         insert_pg_person(env["pg"], team_id, u, {"plan": "free"}, 2)
-    insert_diffs(
-        env["ch"],
-        [
-            Diff(team_id, u, 2, set={"plan": ('"bad\\u0000value"' if i == poisoned else '"paid"', TS)})
-            for i, u in enumerate(uuids)
-        ],
-    )
+    insert_diffs(env["ch"], [Diff(team_id, u, 2, set={"plan": ('"paid"', TS)}) for u in uuids])
+    if poisoned is not None:
+        env["pg"].execute(
+            "CREATE OR REPLACE FUNCTION apply_test_reject() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$BEGIN IF NEW.uuid = '{uuids[poisoned]}' THEN RAISE EXCEPTION 'apply_test_reject'; END IF; "
+            "RETURN NEW; END$$; "
+            "CREATE TRIGGER apply_test_reject BEFORE UPDATE ON posthog_person "
+            "FOR EACH ROW EXECUTE FUNCTION apply_test_reject()"
+        )
     return uuids
 
 
@@ -51,7 +53,7 @@ def test_failing_team_is_rolled_back_and_reported_while_others_continue(
     summary = run.summary()
     teams = {t["team_id"]: t for t in summary["teams"]}
     assert teams[1]["status"] == teams[3]["status"] == "succeeded"
-    assert teams[2]["status"] == "failed" and "unsupported Unicode escape sequence" in teams[2]["error"]
+    assert teams[2]["status"] == "failed" and "apply_test_reject" in teams[2]["error"]
     # The first batch of team 2 was committed and published; its second batch was rolled back.
     assert (teams[2]["processed"], teams[2]["updated"], teams[2]["skipped"], teams[2]["commits"]) == (
         4,

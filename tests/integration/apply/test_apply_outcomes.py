@@ -73,7 +73,8 @@ def scenario(env, pg_url):
 
 def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_rows, kafka_bootstrap):
     run = run_apply("--job-id", "job-outcomes", "--output", "json")
-    assert run.exit_code == 0, run.stderr
+    # G's row stays held past the end-of-team retry: version_conflict, its team incomplete, exit 1.
+    assert run.exit_code == 1, run.stderr
     persons = run.persons()
     assert {uuid: line["outcome"] for uuid, line in persons.items()} == {
         str(A): "success",
@@ -93,12 +94,27 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         "teams": [
             {
                 "team_id": 1,
-                "status": "succeeded",
-                "error": None,
+                "status": "incomplete",
+                "error": "incomplete: persons not applied: 1 version_conflict",
                 "processed": 7,
                 "updated": 3,
                 "skipped": 4,
                 "commits": 1,
+                "outcomes": {
+                    "success": 3,
+                    "no_changes": 1,
+                    "not_found": 2,
+                    "version_conflict": 1,
+                    "invalid_value": 0,
+                    "team_failed": 0,
+                },
+                "failures": [
+                    {
+                        "person_uuid": str(G),
+                        "outcome": "version_conflict",
+                        "reason": "another transaction held the row past lock_timeout",
+                    }
+                ],
             },
             {
                 "team_id": 2,
@@ -108,6 +124,15 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
                 "updated": 0,
                 "skipped": 0,
                 "commits": 0,
+                "outcomes": {
+                    "success": 0,
+                    "no_changes": 0,
+                    "not_found": 0,
+                    "version_conflict": 0,
+                    "invalid_value": 0,
+                    "team_failed": 0,
+                },
+                "failures": [],
             },
         ],
         "processed": 7,
@@ -167,6 +192,7 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         "properties_after": {"plan": "enterprise", "source": "seo"},
         "version_before": 3,
         "version_after": 4,
+        "reason": None,
     }
     assert persons[str(F)]["version_before"] is None and persons[str(F)]["version_after"] == 1
     assert persons[str(F)]["set_once"] == {"nested": {"b": [1, 2.5, True]}}
@@ -243,21 +269,29 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
 
     # Ledger: job, config, per-team status, counts by outcome, commits, timings.
     run_row = pg_rows("SELECT kind, status, dry_run, config, finished_at IS NOT NULL FROM recon_run")
-    assert run_row[0][:3] == ("apply", "succeeded", False) and run_row[0][4]
+    assert run_row[0][:3] == ("apply", "failed", False) and run_row[0][4]
     assert run_row[0][3]["batch_size"] == 100 and run_row[0][3]["backup_enabled"] is True
     teams = pg_rows(
         "SELECT team_id, status, processed, updated, skipped, outcomes, commits, "
         "duration_seconds IS NOT NULL "
         "FROM recon_run_team WHERE job_id = 'job-outcomes' ORDER BY team_id"
     )
-    assert teams[0][:5] == (1, "succeeded", 7, 3, 4)
+    assert teams[0][:5] == (1, "incomplete", 7, 3, 4)
     assert teams[0][5] == {
         "success": 3,
         "no_changes": 1,
         "not_found": 2,
         "version_conflict": 1,
+        "invalid_value": 0,
         "team_failed": 0,
         "already_applied": 0,
+        "failures": [
+            {
+                "person_uuid": str(G),
+                "outcome": "version_conflict",
+                "reason": "another transaction held the row past lock_timeout",
+            }
+        ],
     }
     assert teams[0][6:] == (1, True)
     assert teams[1][:5] == (2, "succeeded", 0, 0, 0)
@@ -273,10 +307,14 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
     assert values["person_property_reconciliation_persons_processed_total"] == (labels, 7.0)
     assert values["person_property_reconciliation_persons_updated_total"] == (labels, 3.0)
     assert values["person_property_reconciliation_persons_skipped_total"] == (labels, 4.0)
-    assert values["person_property_reconciliation_teams_succeeded_total"] == (labels, 2.0)
-    assert values["person_property_reconciliation_teams_failed_total"] == (labels, 0.0)
+    # The incomplete team counts as failed (R11.5 knows no third state), with its error counter.
+    assert values["person_property_reconciliation_teams_succeeded_total"] == (labels, 1.0)
+    assert values["person_property_reconciliation_teams_failed_total"] == (labels, 1.0)
     assert "person_property_reconciliation_duration_seconds_total" in values
-    assert "person_property_reconciliation_error" not in values
+    assert values["person_property_reconciliation_error"] == (
+        {**labels, "team_id": "1", "reason": "error"},
+        1.0,
+    )
 
     # Logs (stderr) warn about not_found and version_conflict persons, naming them (R9.16).
     assert f"Person {C} of team 1: not_found" in run.stderr
@@ -287,13 +325,13 @@ def test_second_run_of_the_same_job_changes_and_publishes_nothing(
     scenario, run_apply, pg_rows, kafka_bootstrap
 ):
     first = run_apply("--job-id", "job-twice", "--output", "json")
-    assert first.exit_code == 0, first.stderr
+    assert first.exit_code == 1, first.stderr  # G stays held: version_conflict
     snapshot = pg_rows("SELECT uuid, properties, version FROM posthog_person ORDER BY uuid")
     backups = pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup")
     messages = len(read_topic(kafka_bootstrap, scenario["topic"]))
 
     second = run_apply("--job-id", "job-twice", "--output", "json")
-    assert second.exit_code == 0, second.stderr
+    assert second.exit_code == 1, second.stderr
     assert pg_rows("SELECT uuid, properties, version FROM posthog_person ORDER BY uuid") == snapshot
     assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup") == backups
     assert pg_rows("SELECT count(*) FROM recon_outbox") == [(3,)]
@@ -357,7 +395,7 @@ def test_dry_run_json_reports_would_be_updates_as_skipped(scenario, run_apply):
 
 def test_no_backup(scenario, run_apply, pg_rows):
     run = run_apply("--no-backup", "--job-id", "job-nb", "--output", "json")
-    assert run.exit_code == 0, run.stderr
+    assert run.exit_code == 1, run.stderr  # G stays held: version_conflict
     assert run.summary()["updated"] == 3
     assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup") == [(0,)]
     assert pg_rows("SELECT count(*) FROM recon_outbox_status WHERE published_at IS NOT NULL") == [(3,)]

@@ -1,0 +1,85 @@
+"""Issue 11, fault 4: the Postgres backends are terminated mid-run. The team being applied fails with its
+committed batches counted, the next team is attempted (and applied) on new connections, the summary is
+printed, the ledger holds the true counts, and a re-run of the job finishes the work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from apply_support import (
+    TS,
+    Diff,
+    insert_ch_persons,
+    insert_diffs,
+    insert_pg_person,
+    insert_summary,
+    new_uuid,
+)
+
+from runner import faults
+
+pytestmark = pytest.mark.integration
+
+
+def terminate_backends_at_pause(marker: Path, pg_url: str, committed_rows: int) -> threading.Thread:
+    """Once the run pauses at the fault point and `committed_rows` outbox rows are committed, terminate
+    the run's backends (its apply connections and its ledger connection), then let the run go on."""
+
+    def act() -> None:
+        deadline = time.monotonic() + 60
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                committed = conn.execute("SELECT count(*) FROM recon_outbox").fetchone()[0]
+                if marker.exists() and committed >= committed_rows:
+                    break
+                time.sleep(0.05)
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'person_property_reconciliation'"
+            )
+        marker.unlink()
+
+    thread = threading.Thread(target=act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_lost_connection_fails_the_team_with_true_counts_and_the_run_goes_on(
+    env, run_apply, pg_rows, pg_url, tmp_path, monkeypatch
+):
+    team1 = [new_uuid(100 + i) for i in range(4)]
+    team2 = [new_uuid(200 + i) for i in range(2)]
+    for team_id, uuids in ((1, team1), (2, team2)):
+        insert_ch_persons(env["ch"], [(team_id, u, {"plan": "free"}, 2) for u in uuids])
+        for u in uuids:
+            insert_pg_person(env["pg"], team_id, u, {"plan": "free"}, 2)
+        insert_diffs(env["ch"], [Diff(team_id, u, 2, set={"plan": ('"paid"', TS)}) for u in uuids])
+    insert_summary(env["ch"], {1: 4, 2: 2})
+
+    marker = tmp_path / "fault"
+    monkeypatch.setenv(faults.ENV_FAULT, "before_lock:2:pause")  # team 1's second batch
+    monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
+    actor = terminate_backends_at_pause(marker, pg_url, committed_rows=2)
+    run = run_apply("--job-id", "job-lost", "--batch-size", "2", "--output", "json")
+    actor.join(5)
+    monkeypatch.delenv(faults.ENV_FAULT)
+
+    assert run.exit_code == 1, run.stdout + run.stderr
+    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    assert teams[1]["status"] == "failed" and (teams[1]["updated"], teams[1]["commits"]) == (2, 1)
+    assert teams[2]["status"] == "succeeded" and teams[2]["updated"] == 2
+    versions = dict(pg_rows("SELECT uuid, version FROM posthog_person"))
+    assert [versions[u] for u in team1] == [3, 3, 2, 2] and [versions[u] for u in team2] == [3, 3]
+    ledger = pg_rows(
+        "SELECT team_id, status, updated FROM recon_run_team WHERE job_id = 'job-lost' ORDER BY 1"
+    )
+    assert ledger == [(1, "failed", 2), (2, "succeeded", 2)]
+    assert pg_rows("SELECT status FROM recon_run WHERE job_id = 'job-lost'") == [("failed",)]
+
+    again = run_apply("--job-id", "job-lost", "--output", "json")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert {v for _, v in pg_rows("SELECT uuid, version FROM posthog_person")} == {3}
