@@ -27,9 +27,20 @@ Outcomes (R7.4), as decided here:
 - `no_changes`: the merge changes nothing.
 - `not_found`: no Postgres row for (team, uuid), or no ClickHouse row at or above the baseline version
   for the three-way merge.
-- `version_conflict`: another transaction held the person's row on each of 3 attempts to lock it (the
-  row locks make the original's version-checked UPDATE race impossible, so this is what remains of it).
+- `version_conflict`: another transaction held the person's row on each of 3 quick attempts to lock it,
+  or the row changed between its lock and the write (the update only takes rows still at the version
+  read; backups and outbox rows are written for the rows it changed), and the end-of-team retry, which
+  waits for the row lock (up to lock_timeout), re-reads the row and merges against it, did not get it
+  either.
+- `invalid_value`: Postgres cannot store a value of the person's diff (found up front, or by writing a
+  refused chunk again person by person under savepoints); the person alone fails, with its reason.
 - `team_failed`: the person's batch was rolled back because the team failed.
+
+A team with `version_conflict` or `invalid_value` persons is `incomplete` (exit code 1). Values are
+exact: the merge runs on jsonb in the write statement (`runner.persons`), so keys the diff does not
+touch are never decoded, set values are ClickHouse's texts, and the Kafka message is built from the
+jsonb Postgres then holds. A lost Postgres connection fails the team being applied (its committed
+batches count); the ledger connection is reopened to record it, the next team gets new connections.
 """
 
 from __future__ import annotations

@@ -89,9 +89,10 @@ _OPERATION_AFTER = _METADATA_AFTER.format(col="properties_last_operation", delta
 _PAYLOAD = (
     """format('{"id": "%%s", "team_id": %%s, "properties": %%s, "is_identified": %%s, "is_deleted": 0, """
     """"created_at": %%s, "version": %%s}', """
-    "uuid, team_id, to_json(properties_after::text), CASE WHEN is_identified THEN 1 ELSE 0 END, "
-    "to_json(to_char(COALESCE(created_at, now()) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')), "
-    "version_after)"
+    "chunk.uuid, chunk.team_id, to_json(chunk.properties_after::text), "
+    "CASE WHEN chunk.is_identified THEN 1 ELSE 0 END, "
+    "to_json(to_char(COALESCE(chunk.created_at, now()) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')), "
+    "chunk.version_after)"
 )
 
 # One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
@@ -119,10 +120,7 @@ updated AS (
         version = chunk.version_after
     FROM chunk
     WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
-    RETURNING p.id
-),
-written AS MATERIALIZED (
-    SELECT chunk.*, {_PAYLOAD} AS payload FROM chunk JOIN updated USING (id)
+    RETURNING chunk.*, {_PAYLOAD} AS payload
 ),
 backup AS (
     INSERT INTO posthog_person_reconciliation_backup (
@@ -135,7 +133,7 @@ backup AS (
            COALESCE(properties_last_operation, 'null'::jsonb), version,
            is_identified, created_at, is_user_id, pending_operations,
            properties_after, updated_at_after, operation_after, version_after
-    FROM written
+    FROM updated
     WHERE %(backup)s
     ON CONFLICT (job_id, team_id, person_id) DO NOTHING
     RETURNING 1
@@ -146,7 +144,7 @@ batch_id AS MATERIALIZED (
 outbox AS (
     INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload, batch_id)
     SELECT %(job)s, %(team)s, uuid, version_after, payload, (SELECT id FROM batch_id)
-    FROM written ORDER BY ord
+    FROM updated ORDER BY ord
     RETURNING id, person_uuid, payload
 ),
 batch AS (

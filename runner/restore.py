@@ -18,8 +18,14 @@ Outcomes per backup entry:
   every touched key changed since and `keep_newer` keeps it).
 - `not_found`: no Postgres row with the backup's pk and uuid any more (a person deleted and recreated
   under the same uuid has another pk: it is not the person the job changed).
-- `version_conflict`: another transaction held the row on each of 3 attempts to lock it.
+- `version_conflict`: another transaction held the row on each of 3 quick attempts to lock it, or the
+  row changed under the write, and the end-of-team retry (waiting for the lock up to lock_timeout, then
+  re-reading the row) did not get it either.
+- `invalid_value`: Postgres refused the value; the entry alone fails, with its reason.
 - `team_failed`: the entry's batch was rolled back because the team failed.
+
+A team with `version_conflict` or `invalid_value` entries is `incomplete` (exit code 1). A committed
+batch counts as restored even when publishing it fails afterwards.
 
 Crash tests stop the process at the fault points of apply (`runner.faults`): `before_commit`,
 `after_commit`, `mid_publish`, `after_batch`.
@@ -43,7 +49,7 @@ from uuid import UUID
 import psycopg
 
 from runner import faults, ledger, metrics, outbox, persons
-from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, TEAM_FAILED
+from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, RETRY_WAIT_BUDGET, TEAM_FAILED
 from runner.merge import json_dumps, json_loads
 from runner.publisher import Publisher, PublishError, drain
 from runner.restore_rules import (
@@ -493,20 +499,26 @@ class Restorer:
                 (cfg.restore_job_id, team_id),
             ).fetchone()
             resumed = bool(row and row[0])
+        retry: list[BackupEntry] = []
         try:
             assert self.conn is not None
             for page in iter_backup_pages(self.conn, cfg, team_id):
                 for chunk in self._cut(page, batch):
-                    self._restore_chunk(team_id, chunk, batch, resumed)
+                    self._restore_chunk(team_id, chunk, batch, resumed, retry)
                     if cfg.batch_size and batch.persons >= cfg.batch_size:
                         self._close_batch(team, batch)
             self._close_batch(team, batch)
+            held, retry = retry, []
+            self._retry_held(team, held)
             if any(team.outcomes.get(o) for o in PERSON_FAILURES):
                 team.status = ledger.INCOMPLETE
                 team.error = ledger.failures_text(team.outcomes, PERSON_FAILURES)
             else:
                 team.status = ledger.SUCCEEDED
         except Exception as exc:  # noqa: BLE001 - the team's error boundary (R13.6), then the next team
+            for entry in retry:  # never written: reported as team_failed with the open batch
+                batch.persons += 1
+                self.sink.person(PersonRestore(entry, VERSION_CONFLICT))
             self._fail_team(team, batch, exc)
         team.duration_seconds = time.monotonic() - started
         log.info(
@@ -608,12 +620,52 @@ class Restorer:
 
     # --- chunk ------------------------------------------------------------------------------------
 
-    def _restore_chunk(self, team_id: int, chunk: list[BackupEntry], batch: _Batch, resumed: bool) -> None:
+    def _restore_chunk(
+        self, team_id: int, chunk: list[BackupEntry], batch: _Batch, resumed: bool, retry: list[BackupEntry]
+    ) -> None:
         cfg = self.config
         assert self.conn is not None
         uuids = [e.uuid for e in chunk]
         done = persons.applied_by_job(self.conn, cfg.restore_job_id, team_id, uuids) if resumed else {}
         rows, held = self._lock(team_id, [u for u in uuids if u not in done])
+        self._settle_chunk(team_id, chunk, batch, rows, held, done, retry)
+
+    def _retry_held(self, team: TeamRestore, entries: list[BackupEntry]) -> None:
+        """Issue 11, faults 5/7/8: entries whose row another transaction held (or that changed under the
+        write) are tried once more at the end of their team, in a batch of their own: each row lock is
+        waited for (bounded by lock_timeout), the row re-read, the strategy applied to it. Those still
+        conflicted stay version_conflict (the team is then incomplete)."""
+        if not entries:
+            return
+        assert self.conn is not None
+        log.info("Team %d: retrying %d entries, waiting for their rows", team.team_id, len(entries))
+        deadline = time.monotonic() + RETRY_WAIT_BUDGET
+        rows: dict[UUID, persons.PgPerson] = {}
+        held: set[UUID] = set()
+        for entry in entries:
+            row = persons.lock_waiting(self.conn, team.team_id, entry.uuid, wait=time.monotonic() < deadline)
+            if row == persons.HELD:
+                held.add(entry.uuid)
+            elif isinstance(row, persons.PgPerson):
+                rows[entry.uuid] = row
+        batch = _Batch()
+        self._settle_chunk(team.team_id, entries, batch, rows, held, {}, None)
+        self._close_batch(team, batch)
+
+    def _settle_chunk(
+        self,
+        team_id: int,
+        chunk: list[BackupEntry],
+        batch: _Batch,
+        rows: dict[UUID, persons.PgPerson],
+        held: set[UUID],
+        done: dict[UUID, persons.AppliedByJob],
+        retry: list[BackupEntry] | None,
+    ) -> None:
+        """Decide, write and report a chunk whose rows are locked. Entries whose row was held or changed
+        under the write go to `retry` (the end-of-team retry), or, when it is None, end version_conflict."""
+        cfg = self.config
+        assert self.conn is not None
         metadata = _metadata(self.conn, team_id, [row.id for row in rows.values()])
         writes: list[persons.PersonWrite] = []
         results: list[PersonRestore] = []
@@ -623,7 +675,11 @@ class Restorer:
             if entry.uuid in done:
                 result = _already_restored(entry, done[entry.uuid])
             elif entry.uuid in held:
-                result = PersonRestore(entry, VERSION_CONFLICT, reason="another transaction held the row")
+                if retry is not None:
+                    retry.append(entry)
+                    continue
+                reason = "another transaction held the row past lock_timeout"
+                result = PersonRestore(entry, VERSION_CONFLICT, reason=reason)
             elif pg is None or pg.id != entry.person_id:
                 result = PersonRestore(entry, NOT_FOUND)
             else:
@@ -658,6 +714,9 @@ class Restorer:
         written_uuids = {w.person.uuid for w in writes}
         for result in results:
             uuid = result.entry.uuid
+            if uuid in failed and failed[uuid][0] == VERSION_CONFLICT and retry is not None:
+                retry.append(result.entry)
+                continue
             if uuid in failed:
                 result.outcome, result.reason = failed[uuid]
                 result.properties_after = result.version_after = None

@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 import json
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -560,14 +562,35 @@ def test_publish_failing_after_the_commit_still_counts_the_restored_persons(appl
         "WHERE job_id = 'job-a' AND uuid = %s",
         (json.dumps(big), A),
     )
-    run = run_restore(
-        "--job-id", "job-a", "--restore-job-id", "undo-big", "--team-id", "1", "--output", "json"
-    )
+    # Human output without samples: person lines would carry the 1.2 MB value.
+    run = run_restore("--job-id", "job-a", "--restore-job-id", "undo-big", "--team-id", "1", "--sample", "0")
     assert run.exit_code == 1, run.stdout + run.stderr
-    [team] = run.summary()["teams"]
-    assert team["restored"] == 3 and team["outcomes"]["team_failed"] == 0, team
-    assert run.persons()[str(A)]["outcome"] == "restored"
     assert pg_rows("SELECT properties->>'plan' = %s FROM posthog_person WHERE uuid = %s", (big, A)) == [
         (True,)
     ]
+    [(outcomes,)] = pg_rows("SELECT outcomes FROM recon_run_team WHERE job_id = 'undo-big'")
+    assert outcomes["restored"] == 3 and outcomes["team_failed"] == 0, outcomes
     assert pg_rows("SELECT processed, updated FROM recon_run_team WHERE job_id = 'undo-big'") == [(3, 3)]
+
+
+def test_row_held_past_the_quick_retries_is_waited_for_at_the_end_of_the_team(applied, pg_rows, pg_url):
+    """Issue 11, fault 8 for restore: A's row is held for 2.5 s, past the quick retries; the end-of-team
+    retry waits for the lock and restores it."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(pg_url) as conn:
+            conn.execute("SELECT 1 FROM posthog_person WHERE uuid = %s FOR UPDATE", (A,))
+            taken.set()
+            time.sleep(2.5)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert taken.wait(10)
+    run = run_restore("--job-id", "job-a", "--restore-job-id", "undo-wait", "--output", "json")
+    holder.join()
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.persons()[str(A)]["outcome"] == "restored"
+    assert len(run.json_lines()) == 5  # one line per entry, then the summary
+    assert state(pg_rows)[A][0] == applied["before"][A][0]
