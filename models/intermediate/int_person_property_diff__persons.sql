@@ -6,6 +6,7 @@
         engine='ReplacingMergeTree(computed_version)',
         order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds', 'person_id'],
         on_schema_change='fail',
+        pre_hook=["{{ recon_drop_dirty_persons() }}", "{{ recon_build_dirty_persons() }}"],
         post_hook=["{{ recon_record_diffed_until() }}"],
     )
 }}
@@ -30,90 +31,15 @@
 with
 {%- if incremental %}
 ledger as (
-    -- per team, where the previous build of this grid stopped (its post-hook's ledger row)
-    select
-        ledger_rows.team_id as team_id,
-        argMax(ledger_rows.built_until, ledger_rows.computed_version) as read_from,
-        argMax(ledger_rows.events_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as events_from,
-        argMax(ledger_rows.persons_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as persons_from,
-        argMax(ledger_rows.overrides_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as overrides_from
-    from {{ this }} as ledger_rows
-    where {{ recon_grid_filter('ledger_rows') }}
-        and ledger_rows.person_id = {{ nil }}
-        and ledger_rows.built_until is not null
-        and {{ recon_team_filter('ledger_rows.team_id') }}
-    group by ledger_rows.team_id
+    {{ recon_diff_ledger() }}
 ),
 
--- (team, distinct_id, event person) groups with events new since that build: new event time, or
--- ingested since its watermark minus the overlap (events without operations included: a superset)
-touched_groups as (
-    select distinct
-        team_id,
-        distinct_id,
-        event_person_id
-    from {{ ref('stg_posthog__events') }}
-    where team_id in (select team_id from ledger)
-        and (
-            timestamp >= {{ recon_team_lookup('team_id', 'ledger', 'assumeNotNull(read_from)', recon_ts('bug_window_start')) }}
-            or ingested_at >= {{ recon_team_lookup(
-                'team_id', 'ledger', 'assumeNotNull(events_from)', recon_ts('bug_window_start')) }}
-        )
-),
-
--- distinct_ids with override rows ingested since that build (merges, reassignments, withdrawals)
-changed_distinct_ids as (
-    select distinct
-        team_id,
-        distinct_id
-    from {{ source('posthog', 'person_distinct_id_overrides') }}
-    where team_id in (select team_id from ledger)
-        and _timestamp >= {{ recon_team_lookup(
-            'team_id', 'ledger', 'assumeNotNull(overrides_from)', recon_ts('bug_window_start')) }}
-),
-
+-- the persons this build recomputes, written by the pre-hook (macros/recon_dirty_persons.sql)
 dirty as (
-    -- new operations: the person their group resolves to now
-    select
-        touched.team_id as team_id,
-        if(overrides.distinct_id != '', overrides.person_id, touched.event_person_id) as person_id
-    from touched_groups as touched
-    left join {{ ref('base_posthog__live_distinct_id_overrides') }} as overrides
-        on touched.team_id = overrides.team_id
-            and touched.distinct_id = overrides.distinct_id
-    union distinct
-    -- new person rows: new versions (caught up by ingestion, repaired) and deletions
-    select
-        team_id,
-        id as person_id
-    from {{ source('posthog', 'person') }}
-    where team_id in (select team_id from ledger)
-        and _timestamp >= {{ recon_team_lookup(
-            'team_id', 'ledger', 'assumeNotNull(persons_from)', recon_ts('bug_window_start')) }}
-    union distinct
-    -- new override rows: every person their distinct_ids were or are attached to (a superset)
     select
         team_id,
         person_id
-    from {{ source('posthog', 'person_distinct_id_overrides') }}
-    where (team_id, distinct_id) in (
-        select
-            team_id,
-            distinct_id
-        from changed_distinct_ids
-    )
-    union distinct
-    select
-        team_id,
-        event_person_id as person_id
-    from {{ ref('int_person_property_ops__by_window') }}
-    where {{ recon_grid_filter() }}
-        and (team_id, distinct_id) in (
-            select
-                team_id,
-                distinct_id
-            from changed_distinct_ids
-        )
+    from {{ recon_dirty_relation() }}
 ),
 {%- endif %}
 -- noqa: enable=LT02

@@ -173,8 +173,9 @@ def summary_without_run_columns(rows: list[tuple]) -> dict:
 @pytest.fixture(scope="module", params=list(MODES), ids=list(MODES))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     mode = request.param
-    incremental = mh.ModelsEnv("posthog_incr_it", "recon_incr_it", tmp_path_factory.mktemp("dbt-incr"))
-    full = mh.ModelsEnv("posthog_incr_it", "recon_incr_full_it", tmp_path_factory.mktemp("dbt-full"))
+    target = tmp_path_factory.mktemp("dbt-incr")  # shared: dbt reuses the parsed project
+    incremental = mh.ModelsEnv("posthog_incr_it", "recon_incr_it", target)
+    full = mh.ModelsEnv("posthog_incr_it", "recon_incr_full_it", target)
     incremental.init_sources()
     incremental.drop_models()
     full.drop_models()

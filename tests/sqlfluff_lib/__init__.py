@@ -134,3 +134,11 @@ def recon_op_states_columns(alias: str) -> str:
 
 def recon_op_states_names() -> str:
     return ",\n        ".join(s["name"] for s in _STATES)
+
+
+def recon_diff_ledger() -> str:
+    return "select team_id, max(built_until) as read_from from ledger_rows group by team_id"
+
+
+def recon_dirty_relation() -> str:
+    return "recon.dirty"
