@@ -61,7 +61,7 @@ from uuid import UUID
 import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner import diffs, faults, ledger, metrics, outbox, persons
+from runner import diffs, faults, ledger, metrics, outbox, pacing, persons
 from runner.merge import (
     PersonDiff,
     conflict_filter,
@@ -108,6 +108,7 @@ class ApplyConfig:
     page_size: int = 10_000
     backup: bool = True
     publish_timeout: float = 30.0
+    max_rate: float | None = None  # persons per second (runner.pacing); None = unlimited
 
     def ledger_view(self) -> dict[str, Any]:
         return {
@@ -206,6 +207,7 @@ class Applier:
         self.schema = target_schema
         self.publisher = publisher
         self.sink = sink
+        self.throttle = pacing.Throttle(config.max_rate, 0, f"job {config.job_id}")  # --max-rate, progress
         # Two transactions in flight: batch n on conns[n % 2] (see the module's docstring).
         self.conns: list[psycopg.Connection] = []
         self._turn = 0
@@ -237,6 +239,7 @@ class Applier:
             cfg.backup,
         )
         self.sink.run_started(cfg.job_id, cfg.dry_run, teams)
+        self.throttle.start(sum(t.persons_with_diff for t in teams))
         gc_thresholds = _quiet_gc()
         try:
             if not cfg.dry_run:
@@ -508,6 +511,9 @@ class Applier:
         assert self._reader is not None
         for chunk in self._reader.team_chunks(team_id):
             conn = self.conns[self._turn]
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                self.throttle.before_batch()  # --max-rate waits only while this batch holds no row lock
+            self.throttle.count(len(chunk))
             results, writes = self._process_chunk(conn, team_id, chunk, state)
             if self._flight is not None:
                 self._land(state)

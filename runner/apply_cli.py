@@ -343,6 +343,7 @@ def _select_teams(summaries: list[diffs.TeamSummary], team_ids: tuple[int, ...])
 @options.output_option("JSON lines on stdout, one per person and a final summary; logs stay on stderr.")
 @options.sample_option("updated")
 @options.publish_timeout_option
+@options.max_rate_option
 def apply(
     dry_run: bool,
     job_id: str | None,
@@ -353,6 +354,7 @@ def apply(
     output: str,
     sample: int,
     publish_timeout: float,
+    max_rate: float | None,
 ) -> None:
     """Apply the diff table to Postgres (posthog_person) and publish each updated person to Kafka.
 
@@ -386,6 +388,7 @@ def apply(
         page_size=page_size,
         backup=backup,
         publish_timeout=publish_timeout,
+        max_rate=max_rate,
     )
     cfg = settings.Settings.load()
     clickhouse = wh.client(cfg.clickhouse_url)

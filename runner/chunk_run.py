@@ -323,6 +323,7 @@ def apply_task(
         dry_run=config.dry_run,
         batch_size=config.batch_size,
         backup=config.backup_enabled,
+        max_rate=config.max_rate,
     )
     try:
         publisher = None

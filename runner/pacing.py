@@ -163,6 +163,11 @@ class Throttle:
         self._last_line: float | None = None
         self._taken = 0  # persons of the batch in progress
 
+    def start(self, total: int) -> None:
+        """The run begins: `total` persons to go."""
+        self.progress = Progress(total, clock=self._clock)
+        self._taken = 0
+
     def before_batch(self) -> float:
         """Call when about to start a batch while holding no row locks: the previous batch's persons
         count as done, the limit is waited for, then the progress line is logged when due."""

@@ -48,7 +48,7 @@ from uuid import UUID
 
 import psycopg
 
-from runner import faults, ledger, metrics, outbox, persons
+from runner import faults, ledger, metrics, outbox, pacing, persons
 from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, RETRY_WAIT_BUDGET, TEAM_FAILED
 from runner.merge import json_dumps, json_loads
 from runner.publisher import Publisher, PublishError, drain
@@ -100,6 +100,7 @@ class RestoreConfig:
     backup_batch_size: int = 1000
     batch_size: int = 100
     publish_timeout: float = 30.0
+    max_rate: float | None = None  # persons per second (runner.pacing); None = unlimited
 
     def __post_init__(self) -> None:
         validate_strategy(self.strategy)
@@ -378,6 +379,7 @@ class Restorer:
         self.publisher = publisher
         self.sink = sink
         self.write_metrics = write_metrics
+        self.throttle = pacing.Throttle(config.max_rate, 0, f"restore {config.restore_job_id}")
         self.conn: psycopg.Connection | None = None
         self.control: psycopg.Connection | None = None
         self.started_at = datetime.now(UTC).isoformat()
@@ -402,6 +404,7 @@ class Restorer:
                 len(teams),
             )
             self.sink.restore_started(run, teams)
+            self.throttle.start(sum(n for _, n in teams))
             if not cfg.dry_run:
                 assert self.publisher is not None
                 ledger.start_run(self.control, cfg.restore_job_id, LEDGER_KIND, cfg.ledger_view())
@@ -504,6 +507,9 @@ class Restorer:
             assert self.conn is not None
             for page in iter_backup_pages(self.conn, cfg, team_id):
                 for chunk in self._cut(page, batch):
+                    if batch.persons == 0:  # --max-rate waits only while no batch holds row locks
+                        self.throttle.before_batch()
+                    self.throttle.count(len(chunk))
                     self._restore_chunk(team_id, chunk, batch, resumed, retry)
                     if cfg.batch_size and batch.persons >= cfg.batch_size:
                         self._close_batch(team, batch)

@@ -333,6 +333,7 @@ def _team_table(run: RestoreRun) -> str:
 @options.output_option("JSON lines on stdout, one per backup entry and a final summary; logs stay on stderr.")
 @options.sample_option("restored")
 @options.publish_timeout_option
+@options.max_rate_option
 def restore(
     job_id: str,
     strategy: str,
@@ -346,6 +347,7 @@ def restore(
     output: str,
     sample: int,
     publish_timeout: float,
+    max_rate: float | None,
 ) -> None:
     """Restore the persons a job changed to the state its backup rows recorded, and publish them.
 
@@ -378,6 +380,7 @@ def restore(
         backup_batch_size=backup_batch_size,
         batch_size=batch_size,
         publish_timeout=publish_timeout,
+        max_rate=max_rate,
     )
     log.info("restore job id: %s%s", config.restore_job_id, " (dry run)" if dry_run else "")
     cfg = settings.Settings.load()

@@ -548,6 +548,8 @@ class Chunk:
         }
         if config.semantics != "original":
             settings["semantics"] = config.semantics
+        if config.max_rate is not None:
+            settings["max_rate"] = config.max_rate
         return settings
 
     def dbt_vars(self, config: ScheduleConfig, source_database: str | None = None) -> dict[str, Any]:

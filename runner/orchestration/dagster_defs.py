@@ -94,6 +94,7 @@ class ReconciliationRunConfig(DagsterConfig):
     person_batch_size: int = scheduling.DEFAULT_PERSON_BATCH_SIZE
     persons_db_env_var: str = scheduling.DEFAULT_PERSONS_DB_ENV_VAR
     semantics: str = "original"
+    max_rate: float | None = None
     chunk_label: str | None = None
 
 
@@ -113,6 +114,7 @@ def chunk_of_run(run: dict[str, Any]) -> tuple[ScheduleConfig, Chunk]:
             "person_batch_size",
             "persons_db_env_var",
             "semantics",
+            "max_rate",
         )
         if run.get(key) is not None
     }

@@ -334,3 +334,13 @@ def test_semantics_is_accepted_and_reaches_dbt_and_the_schedule_id():
     for bad in ("Replay", 1, ["replay"]):
         with pytest.raises(ConfigError, match="semantics must be 'original' or 'replay'"):
             config(range_start=1, range_end=10, semantics=bad)
+
+
+def test_max_rate_reaches_every_apply_of_the_schedule():
+    c = config(team_ids=[1, 2], max_rate=250)
+    assert c.max_rate == 250.0
+    assert plan_chunks(c)[0].run_settings(c)["max_rate"] == 250.0
+    assert "max_rate" not in plan_chunks(config(team_ids=[1]))[0].run_settings(config(team_ids=[1]))
+    for bad in (0, -1, "10", True):
+        with pytest.raises(ConfigError, match="max_rate must be a positive number"):
+            config(team_ids=[1], max_rate=bad)
