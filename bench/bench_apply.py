@@ -368,14 +368,11 @@ def main() -> None:
     info = stack.up(state)
     pg_url, bootstrap = info["postgres"]["url"], info["kafka"]["bootstrap_servers"]
     servers = {"postgres": int(info["postgres"]["pid"]), "kafka": int(info["kafka"]["pid"])}
-    base_env = {
-        **os.environ,
-        "RECON_STATE_DIR": str(state),
-        "PERSONS_DB_WRITER_URL": pg_url,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PYTHONPATH": str(PROJECT),
-    }
-    base_env.pop("RECON_FAULT", None)
+    # The children find the bench's stack through its state directory (recon never mixes production
+    # settings with the local stack, so none of them may be set).
+    base_env = {**os.environ, "RECON_STATE_DIR": str(state), "PYTHONPATH": str(PROJECT)}
+    for name in ("RECON_FAULT", "PERSONS_DB_WRITER_URL", "KAFKA_BOOTSTRAP_SERVERS", "RECON_CLICKHOUSE_URL"):
+        base_env.pop(name, None)
     me = [sys.executable, str(Path(__file__).resolve())]
     runner_cmd = [sys.executable, "-c", "from runner.cli import main; main()"]
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start", flush=True)

@@ -62,6 +62,20 @@ import psycopg
 from clickhouse_connect.driver.client import Client
 
 from runner import diffs, faults, ledger, metrics, outbox, pacing, persons
+from runner.engine_rules import (
+    CHANGED_UNDER_WRITE,
+    HELD,
+    HELD_PAST_LOCK_TIMEOUT,
+    INVALID_VALUE,
+    KEPT_MESSAGES,
+    LOCK_ATTEMPTS,
+    LOCK_RETRY_WAITS,
+    PERSON_FAILURES,
+    RETRY_WAIT_BUDGET,
+    TEAM_FAILED,
+    VERSION_CONFLICT,
+    finished_team_status,
+)
 from runner.merge import (
     PersonDiff,
     conflict_filter,
@@ -77,24 +91,10 @@ log = logging.getLogger("runner.apply")
 SUCCESS = "success"
 NO_CHANGES = "no_changes"
 NOT_FOUND = "not_found"
-VERSION_CONFLICT = "version_conflict"
-INVALID_VALUE = "invalid_value"
-TEAM_FAILED = "team_failed"
 OUTCOMES = (SUCCESS, NO_CHANGES, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
-# Persons the run did not apply although it finished their team: the team is `incomplete`, exit 1.
-PERSON_FAILURES = (VERSION_CONFLICT, INVALID_VALUE)
-
-LOCK_ATTEMPTS = 3
-LOCK_RETRY_WAITS = (0.2, 1.0)  # seconds before the 2nd and 3rd attempt
-# The end-of-team retry waits for each held row (up to the session's lock_timeout) while this budget
-# lasts; past it the rows left are tried without waiting, so many held rows cannot stall the run.
-RETRY_WAIT_BUDGET = 30.0
 
 REQUIRED_MIGRATION = 7  # 7: outbox quarantine (runner.outbox)
 
-# Messages of the open transaction kept in memory for publishing after its commit; past this (a large
-# --batch-size, or 0) the publisher reads them back from the outbox instead, so memory stays flat.
-KEPT_MESSAGES = 50_000
 # Committed batches waiting for the publishing thread (each holds its messages) before apply waits.
 PUBLISH_BACKLOG = 4
 
@@ -390,12 +390,9 @@ class Applier:
             if f.outcome in PERSON_FAILURES
         ]
         if r.status == ledger.RUNNING:
-            if any(r.outcomes.get(o) for o in PERSON_FAILURES):
-                r.status = ledger.INCOMPLETE
-                r.error = ledger.failures_text(r.outcomes, PERSON_FAILURES)
+            r.status, r.error = finished_team_status(r.outcomes)
+            if r.error:
                 log.warning("Team %d %s", r.team_id, r.error)
-            else:
-                r.status = ledger.SUCCEEDED
             if r.processed == 0:
                 log.info("Team %d: nothing to reconcile", r.team_id)
         r.duration_seconds = time.monotonic() - state.started
@@ -632,7 +629,7 @@ class Applier:
                     log.warning(
                         "Person %s of team %d: its row changed since it was read", uuid, r.diff.team_id
                     )
-                    r.outcome, r.reason = VERSION_CONFLICT, "the row changed between its lock and the write"
+                    r.outcome, r.reason = VERSION_CONFLICT, CHANGED_UNDER_WRITE
                     r.properties_after = r.version_after = None
                 elif uuid in written.invalid:
                     r.outcome, r.reason = INVALID_VALUE, written.invalid[uuid]
@@ -687,7 +684,7 @@ class Applier:
         for r in pending:
             uuid = r.diff.person_uuid
             if uuid in held:
-                reason = "another transaction held the row past lock_timeout"
+                reason = HELD_PAST_LOCK_TIMEOUT
                 results.append(PersonResult(r.diff, VERSION_CONFLICT, reason=reason))
                 log.warning("Person %s of team %d: %s", uuid, team_id, reason)
             elif uuid not in rows:
@@ -769,7 +766,7 @@ class Applier:
             elif uuid in missing:
                 result = PersonResult(diff, NOT_FOUND)
             elif uuid in locked_out:
-                result = PersonResult(diff, VERSION_CONFLICT, reason="another transaction held the row")
+                result = PersonResult(diff, VERSION_CONFLICT, reason=HELD)
             else:
                 result, write = self._decide(diff, rows[uuid], historic.get(uuid))
                 if write is not None:

@@ -49,7 +49,19 @@ from uuid import UUID
 import psycopg
 
 from runner import faults, ledger, metrics, outbox, pacing, persons
-from runner.applier import KEPT_MESSAGES, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, RETRY_WAIT_BUDGET, TEAM_FAILED
+from runner.engine_rules import (
+    CHANGED_UNDER_WRITE,
+    HELD_PAST_LOCK_TIMEOUT,
+    INVALID_VALUE,
+    KEPT_MESSAGES,
+    LOCK_ATTEMPTS,
+    LOCK_RETRY_WAITS,
+    PERSON_FAILURES,
+    RETRY_WAIT_BUDGET,
+    TEAM_FAILED,
+    VERSION_CONFLICT,
+    finished_team_status,
+)
 from runner.merge import json_dumps, json_loads
 from runner.publisher import Publisher, PublishError, drain
 from runner.restore_rules import (
@@ -66,11 +78,7 @@ log = logging.getLogger("runner.restore")
 RESTORED = "restored"
 SKIPPED = "skipped"
 NOT_FOUND = "not_found"
-VERSION_CONFLICT = "version_conflict"
-INVALID_VALUE = "invalid_value"
 OUTCOMES = (RESTORED, SKIPPED, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
-# Entries the restore did not restore although it finished their team: the team is `incomplete`.
-PERSON_FAILURES = (VERSION_CONFLICT, INVALID_VALUE)
 
 APPLICATION_NAME = "person_property_restore"  # R13.3
 JOB_NAME = "person_property_restore_job"
@@ -381,7 +389,7 @@ class Restorer:
         self.write_metrics = write_metrics
         self.throttle = pacing.Throttle(config.max_rate, 0, f"restore {config.restore_job_id}")
         self.conn: psycopg.Connection | None = None
-        self.control: psycopg.Connection | None = None
+        self._control = persons.Control(pg_url, APPLICATION_NAME)
         self.started_at = datetime.now(UTC).isoformat()
 
     def run(self) -> RestoreRun:
@@ -390,7 +398,6 @@ class Restorer:
         cfg = self.config
         started = time.monotonic()
         run = RestoreRun(cfg)
-        self.control = psycopg.connect(self.pg_url, autocommit=True)
         try:
             teams = select_teams(self.control, cfg)
             check_restore_job_id(self.control, cfg)
@@ -414,14 +421,28 @@ class Restorer:
                     run.error = f"unpublished messages of earlier runs could not be published: {exc}"
                     log.error("Not starting the restore: %s", run.error)
             if run.error is None:
-                self.conn = self._connect()
-                for team_id, backups in teams:
-                    team = self._restore_team(team_id, backups)
-                    run.teams.append(team)
-                    self.sink.team_done(team)
-                self._confirm_deliveries(run.teams)
-                if not cfg.dry_run:
-                    run.quarantined = outbox.job_quarantined(self.control, cfg.restore_job_id)
+                try:
+                    self.conn = self._connect()
+                    for team_id, backups in teams:
+                        team = self._restore_team(team_id, backups)
+                        run.teams.append(team)
+                        self.sink.team_done(team)
+                    self._confirm_deliveries(run.teams)
+                    if not cfg.dry_run:
+                        run.quarantined = self._control.call(outbox.job_quarantined, cfg.restore_job_id)
+                except psycopg.OperationalError as exc:
+                    # Postgres stayed unreachable past the reconnection attempts: the restore ends
+                    # here, the teams it finished counted, the rest failed.
+                    run.error = f"lost the connection to Postgres: {str(exc).strip()}"
+                    log.error("Stopping the restore: %s", run.error)
+                    done = {t.team_id for t in run.teams}
+                    run.teams += [
+                        TeamRestore(
+                            team_id, backups, status=ledger.FAILED, error=f"not finished: {run.error}"
+                        )
+                        for team_id, backups in teams
+                        if team_id not in done
+                    ]
             else:
                 run.teams = [
                     TeamRestore(team_id, backups, status=ledger.FAILED, error=f"not started: {run.error}")
@@ -431,9 +452,11 @@ class Restorer:
             run.metrics = [counter for team in run.teams for counter in team_counters(team)]
             if not cfg.dry_run:
                 self._write_metrics(run.metrics)
-                ledger.finish_run(
-                    self.control, cfg.restore_job_id, ledger.FAILED if run.failed else ledger.SUCCEEDED
-                )
+                try:
+                    status = ledger.FAILED if run.failed else ledger.SUCCEEDED
+                    self._control.call(ledger.finish_run, cfg.restore_job_id, status)
+                except psycopg.OperationalError as exc:
+                    log.error("Could not record the end of restore %s: %s", cfg.restore_job_id, exc)
             failed = [t.team_id for t in run.teams if t.status != ledger.SUCCEEDED]
             if failed:
                 log.warning("Restore %s: teams failed: %s", cfg.restore_job_id, failed)
@@ -449,11 +472,16 @@ class Restorer:
             self.sink.restore_finished(run)
             return run
         finally:
-            for conn in (self.conn, self.control):
-                if conn is not None:
-                    conn.close()
+            if self.conn is not None:
+                self.conn.close()
+            self._control.close()
             if self.publisher is not None:
                 self.publisher.close()
+
+    @property
+    def control(self) -> psycopg.Connection:
+        """The ledger's autocommit connection (reopened when it was lost)."""
+        return self._control.get()
 
     def _connect(self) -> psycopg.Connection:
         conn = persons.connect(self.pg_url, read_only=self.config.dry_run)
@@ -474,8 +502,7 @@ class Restorer:
         messages fails (they stay in the outbox for the next run)."""
         if self.publisher is None:
             return
-        assert self.control is not None
-        failures = self.publisher.confirm(self.control)
+        failures = self._control.call(self.publisher.confirm)
         for team in teams:
             error = failures.get(team.team_id)
             if error is None:
@@ -489,18 +516,24 @@ class Restorer:
 
     def _restore_team(self, team_id: int, backups: int) -> TeamRestore:
         cfg = self.config
-        assert self.control is not None
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            # A failed team left its connection lost: a new one (bounded backoff; raising ends the run).
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = self._connect()
         started = time.monotonic()
         team = TeamRestore(team_id, backups)
         batch = _Batch()
         log.info("Team %d: restoring %d backup rows (batch_size %d)", team_id, backups, cfg.batch_size)
         resumed = False
         if not cfg.dry_run:
-            ledger.start_team(self.control, cfg.restore_job_id, team_id, metrics.chunk_id([team_id]))
-            row = self.control.execute(
-                "SELECT EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s)",
-                (cfg.restore_job_id, team_id),
-            ).fetchone()
+            self._control.call(ledger.start_team, cfg.restore_job_id, team_id, metrics.chunk_id([team_id]))
+            row = self._control.call(
+                lambda conn: conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM recon_outbox WHERE job_id = %s AND team_id = %s)",
+                    (cfg.restore_job_id, team_id),
+                ).fetchone()
+            )
             resumed = bool(row and row[0])
         retry: list[BackupEntry] = []
         try:
@@ -516,11 +549,7 @@ class Restorer:
             self._close_batch(team, batch)
             held, retry = retry, []
             self._retry_held(team, held)
-            if any(team.outcomes.get(o) for o in PERSON_FAILURES):
-                team.status = ledger.INCOMPLETE
-                team.error = ledger.failures_text(team.outcomes, PERSON_FAILURES)
-            else:
-                team.status = ledger.SUCCEEDED
+            team.status, team.error = finished_team_status(team.outcomes)
         except Exception as exc:  # noqa: BLE001 - the team's error boundary (R13.6), then the next team
             for entry in retry:  # never written: reported as team_failed with the open batch
                 batch.persons += 1
@@ -543,9 +572,8 @@ class Restorer:
     def _record_team(self, team: TeamRestore) -> None:
         if self.config.dry_run:
             return
-        assert self.control is not None
-        ledger.finish_team(
-            self.control,
+        self._control.call(
+            ledger.finish_team,
             self.config.restore_job_id,
             team.team_id,
             status=team.status,
@@ -583,8 +611,7 @@ class Restorer:
         except psycopg.Error:
             pass
         if self.conn.broken or self.conn.closed:
-            self.conn.close()
-            self.conn = self._connect()
+            self.conn.close()  # reopened when the next team starts
         team.outcomes[TEAM_FAILED] += batch.persons
         batch.reset()
         self.sink.batch_failed()
@@ -594,7 +621,7 @@ class Restorer:
     def _close_batch(self, team: TeamRestore, batch: _Batch) -> None:
         """Commit a batch that wrote anything and produce its outbox batches (deliveries are confirmed
         asynchronously); a batch that wrote nothing only releases its row locks."""
-        assert self.conn is not None and self.control is not None
+        assert self.conn is not None
         if batch.persons == 0:
             return
         if batch.writes and not self.config.dry_run:
@@ -609,7 +636,7 @@ class Restorer:
             self.sink.batch_closed()
             faults.point("after_commit")
             produced = sum(self.publisher.produce_batch(self.control, b) for b in outbox)
-            self.publisher.mark_published(self.control)
+            self._control.call(self.publisher.mark_published)
             log.info(
                 "Team %d: committed restore batch %d (%d persons, %d restored), %d messages sent to Kafka",
                 team.team_id,
@@ -684,7 +711,7 @@ class Restorer:
                 if retry is not None:
                     retry.append(entry)
                     continue
-                reason = "another transaction held the row past lock_timeout"
+                reason = HELD_PAST_LOCK_TIMEOUT
                 result = PersonRestore(entry, VERSION_CONFLICT, reason=reason)
             elif pg is None or pg.id != entry.person_id:
                 result = PersonRestore(entry, NOT_FOUND)
@@ -713,9 +740,7 @@ class Restorer:
                 batch.outbox.append(chunk_outbox)
                 batch.kept_messages += len(chunk_outbox.messages or ())
             batch.writes += len(writes) - len(written.lost) - len(written.invalid)
-            failed = {
-                u: (VERSION_CONFLICT, "the row changed between its lock and the write") for u in written.lost
-            }
+            failed = {u: (VERSION_CONFLICT, CHANGED_UNDER_WRITE) for u in written.lost}
             failed.update({u: (INVALID_VALUE, reason) for u, reason in written.invalid.items()})
         written_uuids = {w.person.uuid for w in writes}
         for result in results:

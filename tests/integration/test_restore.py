@@ -594,3 +594,47 @@ def test_row_held_past_the_quick_retries_is_waited_for_at_the_end_of_the_team(ap
     assert run.persons()[str(A)]["outcome"] == "restored"
     assert len(run.json_lines()) == 5  # one line per entry, then the summary
     assert state(pg_rows)[A][0] == applied["before"][A][0]
+
+
+def test_lost_connection_fails_the_team_with_true_counts_and_the_restore_goes_on(
+    applied, pg_rows, pg_url, tmp_path, monkeypatch
+):
+    """Issue 11, fault 4 for restore: the restore's backends are terminated after team 1's first batch.
+    Team 1 fails with that batch counted, team 2 is restored on a new connection, the ledger holds the
+    true counts, and resuming the restore job finishes team 1."""
+    marker = tmp_path / "fault"
+    monkeypatch.setenv(faults.ENV_FAULT, "after_batch:1:pause")
+    monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
+
+    def terminate() -> None:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'person_property_restore'"
+            )
+        marker.unlink()
+
+    actor = threading.Thread(target=terminate, daemon=True)
+    actor.start()
+    run = run_restore(
+        "--job-id", "job-a", "--restore-job-id", "undo-lost", "--batch-size", "1", "--output", "json"
+    )
+    actor.join(5)
+    monkeypatch.delenv(faults.ENV_FAULT)
+    assert run.exit_code == 1, run.stdout + run.stderr
+    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    assert teams[1]["status"] == "failed" and (teams[1]["restored"], teams[1]["commits"]) == (1, 1)
+    assert teams[2]["status"] == "succeeded" and teams[2]["restored"] == 1
+    assert pg_rows(
+        "SELECT team_id, status, updated FROM recon_run_team WHERE job_id = 'undo-lost' ORDER BY 1"
+    ) == [
+        (1, "failed", 1),
+        (2, "succeeded", 1),
+    ]
+    again = run_restore("--job-id", "job-a", "--restore-job-id", "undo-lost", "--output", "json")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    now = state(pg_rows)
+    assert all(now[person][0] == applied["before"][person][0] for person in (A, B, C, E))
