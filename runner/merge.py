@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,10 +107,42 @@ class MergeResult:
 
 # Where orjson's numbers could differ from the text's value: an integer past 64 bits (orjson makes it a
 # float), a number with 16+ significant digits or an exponent (a double cannot hold every such value,
-# e.g. 0.30000000000000000001, 1e400, 1e-400). Only number positions are matched (first, or after `:`, `,` or
-# `[`), so long digit runs inside strings rarely send a text down the slow path.
-_RISKY_NUMBER = re.compile(r"(?:^|[:,\[])\s*-?(?:[\d.]{16}|\d+(?:\.\d+)?[eE])")
-_RISKY_NUMBER_BYTES = re.compile(rb"(?:^|[:,\[])\s*-?(?:[\d.]{16}|\d+(?:\.\d+)?[eE])")
+# e.g. 0.30000000000000000001, 1e400, 1e-400). Found without a regex (too slow for the hot path): the
+# text is mapped to a few classes (digit or dot -> 0, e/E -> e, minus -> -, the characters a number
+# follows -> :, anything else -> x), then searched for a run of 16 digits, or an exponent whose digits
+# start a token. A digit run or "1e5" inside a string may send a text down the slow path; a risky
+# number never takes the fast one.
+_CLASSES = bytes(
+    ord("0")
+    if c in b"0123456789."
+    else ord("e")
+    if c in b"eE"
+    else ord("-")
+    if c == ord("-")
+    else ord(":")
+    if c in b":,[ \t\n\r"
+    else ord("x")
+    for c in range(256)
+)
+_LONG_RUN = b"0" * 16
+_DIGIT, _MINUS, _BEFORE_NUMBER = ord("0"), ord("-"), ord(":")
+
+
+def _risky_number(text: bytes) -> bool:
+    classes = text.translate(_CLASSES)
+    if _LONG_RUN in classes:
+        return True
+    at = classes.find(b"0e")
+    while at != -1:
+        start = at
+        while start > 0 and classes[start - 1] == _DIGIT:  # back over the mantissa's digits
+            start -= 1
+        if start > 0 and classes[start - 1] == _MINUS:
+            start -= 1
+        if start == 0 or classes[start - 1] == _BEFORE_NUMBER:
+            return True
+        at = classes.find(b"0e", at + 2)
+    return False
 
 
 def exact_float(text: str) -> float | Decimal:
@@ -132,8 +163,7 @@ def json_loads(text: str | bytes | bytearray | memoryview) -> Any:
     refuses (NaN, Infinity, lone surrogates)."""
     if isinstance(text, memoryview):
         text = bytes(text)
-    risky = (_RISKY_NUMBER if isinstance(text, str) else _RISKY_NUMBER_BYTES).search(text)  # type: ignore[arg-type]
-    if risky is None:
+    if not _risky_number(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -403,3 +403,22 @@ def test_dropped_keys_are_those_the_merge_does_not_write():
         '{"same": "v", "new": "n", "both": "s"}',
         '{"present": "x", "absent": "y", "both": "o"}',
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "risky"),
+    [
+        (b'{"a": 1e5}', True),
+        (b'{"a":-2.5E+3}', True),
+        (b"[1,2e5]", True),
+        (b"1e400", True),
+        (b'{"a": 0.30000000000000000001}', True),
+        (b'{"a": 12345678901234567890}', True),
+        (b'{"id": "0190f3a8-7c2e-7b4a-9c1d-2e3f4a5b6c7d", "e": "user1e5@x"}', False),
+        (b'{"a": 1.5, "b": -12, "c": 123456789012345}', False),
+    ],
+)
+def test_risky_numbers_are_found_without_decoding(text, risky):
+    from runner.merge import _risky_number
+
+    assert _risky_number(text) is risky
