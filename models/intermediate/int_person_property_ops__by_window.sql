@@ -65,9 +65,11 @@ operations as (
         event_is_malformed,
         event_operations
     from {{ ref('stg_posthog__property_operations') }}
+    {%- if is_incremental() %}
     -- new event time since the last build, or ingested since its watermark minus the overlap
     where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
         or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
+    {%- endif %}
 ),
 
 -- all events, for the `events` counter and the ingestion watermark (no properties read)
@@ -77,8 +79,10 @@ events as (
         timestamp,
         ingested_at
     from {{ ref('stg_posthog__events') }}
+    {%- if is_incremental() %}
     where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
         or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
+    {%- endif %}
 )
 
 select
