@@ -1,10 +1,16 @@
-"""Postgres side of apply (and restore): row locks, set-based writes, the job's own history.
+"""The store of apply and restore: every statement against `posthog_person`, the backup table and the
+outbox (row locks, set-based writes, the job's own history), and the connections (R9.1 session
+settings, timeouts, keepalives, reconnection with bounded backoff; `Control` for the ledger).
 
-A chunk of persons is written with a fixed number of statements whatever its size: the computed rows
-are COPied into a temporary table, then one statement with data-modifying CTEs writes the backups (their
-BEFORE columns straight from the locked rows), the updates, the outbox rows and the chunk's outbox batch
-(the one row whose `published_at` records the delivery of all its messages, `runner.publisher`). The
-caller owns the transaction.
+A chunk of persons is written with a fixed number of statements whatever its size: each person's change
+(apply: ClickHouse's SET and SET_ONCE texts, the keys not to write, the keys to remove; restore: the
+whole properties) is COPied into a temporary table, then one statement with data-modifying CTEs merges
+it on jsonb with the locked row, updates the rows still at the version read, and from the rows it
+really changed writes the backups (their BEFORE columns straight from the locked rows), the outbox rows
+with their Kafka messages (built from the jsonb text Postgres now holds) and the chunk's outbox batch
+(the one row whose `published_at` records the delivery of all its messages, `runner.publisher`). A
+chunk Postgres refuses for a value is written again person by person under savepoints. The caller owns
+the transaction.
 """
 
 from __future__ import annotations
