@@ -171,6 +171,16 @@ def json_loads(text: str | bytes | bytearray | memoryview) -> Any:
     return json.loads(text, parse_float=exact_float)
 
 
+def exact_json_loads(text: str | bytes | bytearray | memoryview) -> Any:
+    """`json.loads` keeping every number with a fraction or exponent as the Decimal of its text, so that
+    `json_dumps` writes it back as it was (restore writes whole properties: what it copies from a backup
+    or keeps from the row must reach Postgres unchanged; Postgres's own number texts survive the round
+    trip exactly). Slower than `json_loads`: not for apply's hot path."""
+    if isinstance(text, memoryview):
+        text = bytes(text)
+    return json.loads(text, parse_float=Decimal)
+
+
 # json.dumps with its default arguments, minus the per-call argument checks (hot path).
 _plain_dumps = json.JSONEncoder().encode
 
@@ -207,10 +217,12 @@ def json_dumps(value: Any) -> str:
 
 
 def display_default(value: Any) -> Any:
-    """`default=` for json.dumps of output meant for people and JSON lines: an exact Decimal (a number
-    a double cannot hold) is shown as its text."""
+    """`default=` for json.dumps of output meant for people and JSON lines: a Decimal (an exactly decoded
+    number) is shown as a number when a double holds it exactly, else as its text."""
     if isinstance(value, Decimal):
-        return str(value)
+        as_float = float(value)
+        # A number a double holds exactly is shown as one; the others as their exact text.
+        return as_float if math.isfinite(as_float) and Decimal(repr(as_float)) == value else str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 

@@ -26,7 +26,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from runner.merge import json_loads
+from runner.merge import exact_json_loads, json_loads
 
 log = logging.getLogger("runner.persons")
 
@@ -320,15 +320,17 @@ class Control:
                 self._conn.close()
 
 
-def connect(url: str, *, read_only: bool = False) -> psycopg.Connection:
+def connect(url: str, *, read_only: bool = False, exact: bool = False) -> psycopg.Connection:
     """The apply connection: transactions committed per batch (never autocommit), R9.1 settings.
-    Retried with bounded backoff while Postgres cannot be reached."""
-    return with_reconnect(lambda: _connect(url, read_only))
+    Retried with bounded backoff while Postgres cannot be reached. jsonb columns are decoded through
+    orjson where that is exact (`json_loads`); with `exact` every fractional number keeps its text
+    (`exact_json_loads`, restore's whole-properties writes)."""
+    return with_reconnect(lambda: _connect(url, read_only, exact))
 
 
-def _connect(url: str, read_only: bool) -> psycopg.Connection:
+def _connect(url: str, read_only: bool, exact: bool) -> psycopg.Connection:
     conn = psycopg.connect(url, autocommit=False, **CONNECT_OPTIONS)
-    set_json_loads(json_loads, conn)  # jsonb columns decoded through orjson (same values)
+    set_json_loads(exact_json_loads if exact else json_loads, conn)
     with conn.cursor() as cur:
         for name, value in SESSION_SETTINGS:
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))

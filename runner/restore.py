@@ -484,7 +484,7 @@ class Restorer:
         return self._control.get()
 
     def _connect(self) -> psycopg.Connection:
-        conn = persons.connect(self.pg_url, read_only=self.config.dry_run)
+        conn = persons.connect(self.pg_url, read_only=self.config.dry_run, exact=True)
         conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
         conn.commit()
         return conn

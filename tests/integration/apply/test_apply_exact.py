@@ -63,3 +63,27 @@ def test_untouched_keys_and_set_values_stay_exact(env, run_apply, pg_rows, kafka
         assert isinstance(properties["id_big"], int) and properties["precise"] == Decimal(
             "0.30000000000000000001"
         )
+
+
+def test_restore_puts_back_exactly_what_postgres_held(env, run_apply, pg_rows):
+    """Fault 1's twin in restore: apply then restore returns the properties to Postgres's exact text
+    (numbers a double cannot hold, trailing zeros, big integers)."""
+    from click.testing import CliRunner
+
+    from runner.cli import main
+
+    person = new_uuid(3)
+    insert_ch_persons(env["ch"], [(1, person, STORED, 2)])
+    env["pg"].execute(
+        "INSERT INTO posthog_person (created_at, properties, is_identified, uuid, team_id, version) "
+        "VALUES (now(), %s::jsonb, true, %s, 1, 2)",
+        (STORED, person),
+    )
+    insert_diffs(env["ch"], [Diff(1, person, 2, set={"plan": ('"paid"', TS), "scaled": ("2.50", TS)})])
+    insert_summary(env["ch"], {1: 1})
+    before = pg_rows("SELECT properties::text FROM posthog_person")
+    assert run_apply("--job-id", "job-exact-r", "--output", "json").exit_code == 0
+
+    restored = CliRunner().invoke(main, ["restore", "--job-id", "job-exact-r", "--output", "json"])
+    assert restored.exit_code == 0, restored.stdout + restored.stderr
+    assert pg_rows("SELECT properties::text FROM posthog_person") == before
