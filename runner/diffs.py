@@ -7,7 +7,7 @@ person lists travel as array parameters, never as SQL text: no `max_query_size` 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -166,7 +166,7 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
     if "\\u" in entries or "\x00" in entries:  # only then can a value or key be one Postgres refuses
         reason = unstorable(diff)
         if reason is not None:
-            return PersonDiff(team_id, person, int(baseline), batch_index=int(batch_index), invalid=reason)
+            return replace(diff, invalid=reason)  # entries kept: the person's line shows them
     return diff
 
 

@@ -68,6 +68,7 @@ def test_values_postgres_cannot_take_fail_only_their_person(env, run_apply, pg_r
             done,
         ]
         reasons = [lines[str(u)]["reason"] for u in team1[1:4]]
+        assert lines[str(team1[1])]["set_once"] == {"nul": "a\u0000b"}  # the refused entry is shown
         assert "NUL" in reasons[0] and "NUL" in reasons[1] and "Postgres refused" in reasons[2], reasons
         teams = {t["team_id"]: t for t in run.summary()["teams"]}
         assert teams[1]["status"] == "incomplete" and teams[2]["status"] == "succeeded"
