@@ -11,7 +11,7 @@ with persons as (
         countIf(has_operations = 1) as persons_with_ops,
         countIf(has_operations = 1 and is_live = 0) as persons_not_in_clickhouse
     from {{ ref('int_person_property_diff__persons') }} {{ recon_final() }}
-    where {{ recon_grid_filter() }}
+    where {{ recon_diff_grid_filter() }}
         and person_id != toUUID('00000000-0000-0000-0000-000000000000')
         and team_id in (select team_id from {{ ref('person_property_diff_summary') }})
     group by team_id

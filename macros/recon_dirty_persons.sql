@@ -114,7 +114,7 @@ dirty as (
         argMax(ledger_rows.persons_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as persons_from,
         argMax(ledger_rows.overrides_ingested_until, ledger_rows.computed_version) - {{ recon_overlap() }} as overrides_from
     from {{ this }} as ledger_rows
-    where {{ recon_grid_filter('ledger_rows') }}
+    where {{ recon_diff_grid_filter('ledger_rows') }}
         and ledger_rows.person_id = {{ recon_nil_uuid() }}
         and ledger_rows.built_until is not null
         and {{ recon_team_filter('ledger_rows.team_id') }}

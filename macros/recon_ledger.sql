@@ -76,13 +76,14 @@
 {% macro recon_record_diffed_until() %}
   {%- set v = recon_vars() -%}
   insert into {{ this }}
-      (team_id, bug_window_start, bug_window_end, window_seconds, person_id, computed_version, invocation_id,
+      (team_id, bug_window_start, bug_window_end, window_seconds, semantics, person_id, computed_version, invocation_id,
        built_until, events_ingested_until, persons_ingested_until, overrides_ingested_until)
   select
       ops_ledger.team_id,
       {{ recon_ts('bug_window_start') }},
       {{ recon_ts('bug_window_end') }},
       toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}),
+      {{ recon_literal(v['semantics'], 'string') }},
       {{ recon_nil_uuid() }},
       toUInt64({{ recon_build_version() }} + 1),
       {{ recon_literal(invocation_id, 'string') }},

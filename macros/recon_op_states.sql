@@ -10,6 +10,8 @@
     type   its ClickHouse type (Nullable: NULL = no such operation in the rows merged)
     expr   its aggregate over the operations of stg_posthog__property_operations (columns kind,
            timestamp, event_uuid, position, value)
+  last_set_once_at serves `semantics: replay` (macros/recon_replay.sql): whether a SET_ONCE follows
+  the latest UNSET.
   Readers iterate over this list (recon_op_states_select, recon_op_states_merge), so a new entry
   needs no other change to be stored and merged; only the decisions that use it do.
 -#}
@@ -22,6 +24,8 @@
      'expr': "minOrNullIf(tuple(timestamp, event_uuid, position, value), kind = 'set_once')"},
     {'name': 'last_unset_at', 'merge': 'max', 'type': "Nullable(DateTime64(6, 'UTC'))",
      'expr': "maxOrNullIf(timestamp, kind = 'unset')"},
+    {'name': 'last_set_once_at', 'merge': 'max', 'type': "Nullable(DateTime64(6, 'UTC'))",
+     'expr': "maxOrNullIf(timestamp, kind = 'set_once')"},
   ]) }}
 {% endmacro %}
 

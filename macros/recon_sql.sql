@@ -73,6 +73,14 @@
   and {{ p }}window_seconds = {{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}
 {%- endmacro %}
 
+{#- The rows of int_person_property_diff__persons of this build's grid and semantics (a build under one
+    semantics never reuses the persons computed under the other). -#}
+{% macro recon_diff_grid_filter(alias=none) -%}
+  {%- set p = (alias ~ '.') if alias else '' -%}
+  {{ recon_grid_filter(alias) }}
+  and {{ p }}semantics = {{ recon_literal(recon_vars()['semantics'], 'string') }}
+{%- endmacro %}
+
 
 {#-
   Whether two raw JSON texts (ClickHouse's re-serialisation, as SET values and state values are stored)

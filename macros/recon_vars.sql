@@ -200,10 +200,6 @@
 {% macro recon_validate_vars() %}
   {%- if execute and flags.WHICH in ('run', 'build', 'compile', 'show') -%}
     {%- set v = recon_vars() -%}
-    {%- if v['semantics'] == 'replay' -%}
-      {#- until the models compute the replay (issue 14): never label an original diff as replay -#}
-      {{ exceptions.raise_compiler_error("var semantics: 'replay' is not computed by the models yet; use 'original' (the default)") }}
-    {%- endif -%}
     {{ log("recon: mode=" ~ v['mode'] ~ " semantics=" ~ v['semantics'] ~ " bug window [" ~ v['bug_window_start'] ~ ", " ~ v['bug_window_end'] ~ ") now=" ~ v['now'], info=true) }}
   {%- endif -%}
   select 1

@@ -367,4 +367,5 @@ def config_from_vars(dbt_vars: dict[str, Any]) -> rr.Config:
         min_team_id=dbt_vars.get("min_team_id"),
         max_team_id=dbt_vars.get("max_team_id"),
         exclude_team_ids=tuple(dbt_vars.get("exclude_team_ids", ())),
+        semantics=dbt_vars.get("semantics", "original"),
     )

@@ -1,10 +1,11 @@
 -- depends_on: {{ ref('stg_posthog__events') }}
+-- depends_on: {{ ref('stg_posthog__property_operations') }}
 {{
     config(
         materialized='incremental',
         incremental_strategy='append',
         engine='ReplacingMergeTree(computed_version)',
-        order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds', 'person_id'],
+        order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds', 'semantics', 'person_id'],
         on_schema_change='fail',
         pre_hook=["{{ recon_drop_dirty_persons() }}", "{{ recon_build_dirty_persons() }}"],
         post_hook=["{{ recon_record_diffed_until() }}"],
@@ -20,6 +21,8 @@
 {%- set v = recon_vars() -%}
 {%- set incremental = is_incremental() -%}
 {%- set windowed = v['mode'] == 'windowed' -%}
+{%- set replay = v['semantics'] == 'replay' -%}
+{%- set decide_from = 'with_replay' if replay else 'with_state' -%}
 {%- set nil = recon_nil_uuid() -%}
 {%- set version = recon_build_version() -%}
 {%- set empty_ts = "cast([] as Array(DateTime64(6, 'UTC')))" -%}
@@ -130,6 +133,109 @@ with_state as (
         on operations.team_id = persons.team_id
             and operations.person_id = persons.person_id
 ),
+{% if replay %}
+-- semantics replay (macros/recon_replay.sql): the keys whose replay ends with an UNSET followed by a
+-- SET_ONCE (windowed: also among the operations before W1), and that first SET_ONCE, read from the
+-- operations of those keys alone
+replay_pending as (
+    select
+        team_id,
+        person_id,
+        key,
+        assumeNotNull(last_unset_at) as unset_at,
+        {{ recon_ts('now') }} as upto
+    from with_state
+    where {{ recon_replay_needs_first_after() }}
+    {%- if windowed %}
+    union all
+    select
+        team_id,
+        person_id,
+        key,
+        assumeNotNull(window_last_unset_at) as unset_at,
+        {{ recon_ts('bug_window_end') }} as upto
+    from with_state
+    where {{ recon_replay_needs_first_after('window_last_set', 'window_last_unset_at', 'window_last_set_once_at') }}
+    {%- endif %}
+),
+
+replay_set_onces as (
+    select
+        ops.team_id as team_id,
+        -- resolved like the windows' rows (R5.3)
+        if(overrides.distinct_id != '', overrides.person_id, ops.event_person_id) as person_id,
+        ops.key as key,
+        cast(tuple(ops.timestamp, ops.event_uuid, ops.position, ops.value) as {{ recon_operation_type() }}) as operation
+    from {{ ref('stg_posthog__property_operations') }} as ops
+    left join {{ ref('base_posthog__live_distinct_id_overrides') }} as overrides
+        on ops.team_id = overrides.team_id
+            and ops.distinct_id = overrides.distinct_id
+    where ops.kind = 'set_once'
+        and ops.team_id in (select team_id from replay_pending)
+        and ops.key in (select key from replay_pending)
+        and ops.timestamp > (select min(unset_at) as earliest from replay_pending)
+),
+
+replay_first_after as (
+    select
+        pending.team_id as team_id,
+        pending.person_id as person_id,
+        pending.key as key,
+        pending.upto as upto,
+        minOrNull(set_onces.operation) as first_set_once_after_unset
+    from replay_pending as pending
+    inner join replay_set_onces as set_onces
+        on pending.team_id = set_onces.team_id
+            and pending.person_id = set_onces.person_id
+            and pending.key = set_onces.key
+    where tupleElement(set_onces.operation, 1) > pending.unset_at
+        and tupleElement(set_onces.operation, 1) < pending.upto
+    group by pending.team_id, pending.person_id, pending.key, pending.upto
+),
+
+-- the first SET_ONCEs found up to now, and (windowed) before W1, keyed apart for the joins below
+full_replay as (
+    select
+        team_id as found_team_id,
+        person_id as found_person_id,
+        key as found_key,
+        first_set_once_after_unset
+    from replay_first_after
+    where upto = {{ recon_ts('now') }}
+),
+{%- if windowed %}
+
+window_replay as (
+    select
+        team_id as found_team_id,
+        person_id as found_person_id,
+        key as found_key,
+        first_set_once_after_unset
+    from replay_first_after
+    where upto = {{ recon_ts('bug_window_end') }}
+),
+{%- endif %}
+
+with_replay as (
+    select
+        with_state.*,
+        {%- if windowed %}
+        window_replay.first_set_once_after_unset as window_first_set_once_after_unset,
+        {%- endif %}
+        full_replay.first_set_once_after_unset as first_set_once_after_unset
+    from with_state
+    left join full_replay
+        on with_state.team_id = full_replay.found_team_id
+            and with_state.person_id = full_replay.found_person_id
+            and with_state.key = full_replay.found_key
+    {%- if windowed %}
+    left join window_replay
+        on with_state.team_id = window_replay.found_team_id
+            and with_state.person_id = window_replay.found_person_id
+            and with_state.key = window_replay.found_key
+    {%- endif %}
+),
+{%- endif %}
 
 {%- if windowed %}
 -- R8.8 step 1: a difference under R6.4 between the operations of [W0, W1) alone and the current
@@ -144,15 +250,14 @@ window_checked as (
         state_values,
         is_live,
         window_diff,
+        {{- ' first_set_once_after_unset,' if replay }}
         {{ recon_op_states_names() }}
     from (
         select
-            with_state.*,
-            {{ recon_key_decisions(
-                key='key', last_set='window_last_set', first_set_once='window_first_set_once',
-                last_unset_at='window_last_unset_at') }},
+            {{ decide_from }}.*,
+            {{ recon_decisions(v['semantics'], prefix='window_', first_after='window_first_set_once_after_unset') }},
             in_set or in_set_once or in_unset as window_diff
-        from with_state
+        from {{ decide_from }}
     )
 ),
 {%- endif %}
@@ -165,8 +270,8 @@ decided as (
         baseline_version,
         is_live,
         {{ 'window_diff' if windowed else 'toUInt8(1) as window_diff' }},
-        {{ recon_key_decisions() }}
-    from {{ 'window_checked' if windowed else 'with_state' }}
+        {{ recon_decisions(v['semantics']) }}
+    from {{ 'window_checked' if windowed else decide_from }}
 ),
 
 per_person as (
@@ -188,6 +293,7 @@ select
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
+    {{ recon_literal(v['semantics'], 'string') }} as semantics,
     person_id,
     toUInt8(1) as has_operations,
     toUInt8(live) as is_live,
@@ -220,6 +326,7 @@ select
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     toUInt32({{ recon_literal(v['grid_seconds'], 'integer', bare=true) }}) as window_seconds,
+    {{ recon_literal(v['semantics'], 'string') }} as semantics,
     person_id,
     toUInt8(0) as has_operations,
     toUInt8(0) as is_live,
@@ -251,7 +358,7 @@ from (
         team_id,
         person_id
     from {{ this }}
-    where {{ recon_grid_filter() }}
+    where {{ recon_diff_grid_filter() }}
         and person_id != {{ nil }}
         and {{ recon_team_filter('team_id') }}
         and team_id not in (select team_id from ledger)

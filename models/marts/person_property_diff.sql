@@ -28,7 +28,7 @@ with persons as (
         unset_keys,
         unset_timestamps
     from {{ ref('int_person_property_diff__persons') }} {{ recon_final() }}
-    where {{ recon_grid_filter() }}
+    where {{ recon_diff_grid_filter() }}
         and has_diff = 1
         and team_id in (select team_id from {{ ref('int_teams__discovered') }})
 )
@@ -50,6 +50,7 @@ select
     unset_keys,
     unset_timestamps,
     {{ recon_literal(v['mode'], 'string') }} as mode,
+    {{ recon_literal(v['semantics'], 'string') }} as semantics,
     {{ recon_ts('bug_window_start') }} as bug_window_start,
     {{ recon_ts('bug_window_end') }} as bug_window_end,
     {{ recon_ts('now') }} as computed_at,
@@ -58,4 +59,5 @@ from persons
 {{ recon_keep_other_teams(
     'team_id, batch_index, person_id, baseline_version, set_keys, set_values, set_timestamps, '
     ~ 'set_once_keys, set_once_values, set_once_timestamps, unset_keys, unset_timestamps, '
-    ~ 'mode, bug_window_start, bug_window_end, computed_at, invocation_id') }}
+    ~ 'mode, semantics, bug_window_start, bug_window_end, computed_at, invocation_id',
+    added={'semantics': "'original'"}) }}

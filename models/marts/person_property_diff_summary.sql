@@ -45,7 +45,7 @@ affected as (
         team_id,
         countIf(affected = 1) as persons_affected
     from {{ ref('int_person_property_diff__persons') }} {{ recon_final() }}
-    where {{ recon_grid_filter() }}
+    where {{ recon_diff_grid_filter() }}
         and team_id in (select team_id from discovered)
     group by team_id
 ),

@@ -142,3 +142,15 @@ def recon_diff_ledger() -> str:
 
 def recon_dirty_relation() -> str:
     return "recon.dirty"
+
+
+def recon_decisions(semantics: str, **_: str) -> str:
+    return recon_key_decisions()
+
+
+def recon_replay_needs_first_after(*_: str) -> str:
+    return "last_unset_at is not null"
+
+
+def recon_diff_grid_filter(alias: str | None = None) -> str:
+    return recon_grid_filter(alias) + f" and {alias + '.' if alias else ''}semantics = 'original'"
