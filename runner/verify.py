@@ -26,6 +26,7 @@ Exit codes: 0 nothing unexpected; 1 persons `not_ingested` or `differs`; 2 bad u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -279,7 +280,9 @@ def verify(job_id: str, dbt_vars: str | None, dbt_select: str | None, recompute:
             from runner.dbt_cli import run_dbt
 
             log.info("Recomputing the diff with dbt (vars: %s)", parsed_vars or {})
-            run_dbt("run", parsed_vars, ["--select", dbt_select] if dbt_select else None)
+            # dbt's log lines go to stderr: stdout is for the report (one JSON object with --output json)
+            with contextlib.redirect_stdout(sys.stderr):
+                run_dbt("run", parsed_vars, ["--select", dbt_select] if dbt_select else None)
         client = wh.client(cfg.clickhouse_url)
         summaries = read_team_summaries(client, cfg.target_schema)
         replay_teams = frozenset(t.team_id for t in summaries if t.semantics == "replay")
