@@ -12,6 +12,7 @@ SEED="${DEMO_SEED:-42}"
 W0="${DEMO_BUG_WINDOW_START:-2026-01-06 20:01:00}"
 W1="${DEMO_BUG_WINDOW_END:-2026-01-07 14:52:00}"
 JOB_ID="${DEMO_JOB_ID:-demo-$(date -u +%Y%m%dT%H%M%SZ)}"
+SEMANTICS="${DEMO_SEMANTICS:-original}"  # or replay (README: Replay semantics)
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -26,7 +27,7 @@ step "seed demo data (teams=$TEAMS persons=$PERSONS events=$EVENTS seed=$SEED)"
 runner demo seed --teams "$TEAMS" --persons "$PERSONS" --events "$EVENTS" --seed "$SEED" \
   --bug-window-start "$W0" --bug-window-end "$W1"
 
-VARS="{bug_window_start: \"$W0\", bug_window_end: \"$W1\"}"
+VARS="{bug_window_start: \"$W0\", bug_window_end: \"$W1\", semantics: $SEMANTICS}"
 
 step "compute the diff in ClickHouse (dbt run)"
 dbt run --project-dir . --profiles-dir profiles --vars "$VARS"
