@@ -250,6 +250,7 @@ def test_replay_dbt_unit_tests_pass(env: mh.ModelsEnv) -> None:
     env.run(dbt_vars)
     names = [
         "diff_replay_every_ordering_absent_and_present",
+        "diff_replay_equal_timestamps",
         "ops_by_window_last_set_once_for_every_ordering",
     ]
     results = env.dbt("test", dbt_vars, ["--select", *(f"unit_test:{name}" for name in names)])
