@@ -109,6 +109,18 @@ def job_quarantined(conn: psycopg.Connection, job_id: str) -> int:
     return count
 
 
+def jobs_quarantined(conn: psycopg.Connection, job_ids: Sequence[str]) -> dict[str, int]:
+    """{job id: quarantined messages} of these jobs, jobs without any left out (`runner report`)."""
+    if not job_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT job_id, count(*) FROM recon_outbox WHERE job_id = ANY(%s) AND quarantined_at IS NOT NULL "
+        "AND discarded_at IS NULL GROUP BY job_id ORDER BY job_id",
+        (list(job_ids),),
+    ).fetchall()
+    return {str(job): int(count) for job, count in rows}
+
+
 def schedule_quarantined(conn: psycopg.Connection, schedule_id: str) -> int:
     """How many messages of a schedule's chunks (every invocation's) are quarantined."""
     row = conn.execute(

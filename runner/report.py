@@ -6,6 +6,8 @@ of each team decides its status. Person totals are given twice: deduplicated (la
 and raw (every result in scope). Teams whose latest attempt never finished (the run is still going,
 or it was killed) are `unfinished`. A scheduled range chunk whose dbt build failed has no teams in
 the ledger; such chunks are listed separately until a later invocation of the schedule builds them.
+Messages of the jobs in scope that Kafka rejected for good (quarantined in the outbox, `runner
+outbox`) are counted per job: their persons are committed in Postgres but not yet in ClickHouse.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import IO, Any
 import click
 import psycopg
 
-from runner import ledger, options, settings
+from runner import ledger, options, outbox, settings
 from runner.settings import ConfigError
 
 CSV_COLUMNS = (
@@ -236,6 +238,7 @@ def _human(
     listed: list[TeamResult],
     status: str | None,
     unbuilt: list[dict[str, Any]],
+    quarantined: dict[str, int],
     details: bool,
 ) -> None:
     counts = {s: sum(r.status == s for r in latest) for s in STATUSES}
@@ -280,6 +283,8 @@ def _human(
             f"failed in dbt before its teams were known: {chunk['error']}; "
             "run its schedule again to retry it\n"
         )
+    for job_id, count in quarantined.items():
+        out.write(outbox.quarantine_note(job_id, count) + "\n")
 
 
 @click.command("report")
@@ -349,7 +354,8 @@ def report(
     failed ones to re-run (`runner schedule --config pass2.json --team-ids-from failed.csv`).
 
     Exit codes: 0 every team's latest result succeeded; 1 a team's latest result failed or is
-    unfinished, or a chunk failed before its teams were known; 2 bad usage, Postgres unreachable.
+    unfinished, a chunk failed before its teams were known, or a job in scope has quarantined Kafka
+    messages (`runner outbox list`); 2 bad usage, Postgres unreachable.
     """
     filters = Filters(_utc(since), _utc(until), tuple(job_ids), schedule_id)
     if filters.since and filters.until and filters.since >= filters.until:
@@ -360,6 +366,7 @@ def report(
         with psycopg.connect(url, connect_timeout=10) as conn:
             results = read_results(conn, filters)
             unbuilt = unbuilt_chunks(conn, filters)
+            quarantined = outbox.jobs_quarantined(conn, sorted({r.run_id for r in results}))
     except psycopg.errors.UndefinedTable as exc:
         raise ConfigError("the run ledger is missing in Postgres: run `runner db migrate`") from exc
     except psycopg.OperationalError as exc:
@@ -377,13 +384,15 @@ def report(
             "results": len(results),
             "listed": [r.to_json() for r in listed],
             "chunks_failed_before_discovery": unbuilt,
+            "quarantined_messages": quarantined,
         }
         if details:
             document["runs"] = runs_overview(results)
             document["attempts"] = [r.to_json() for r in results]
         sys.stdout.write(json.dumps(document) + "\n")
     else:
-        _human(sys.stdout, filters, latest, results, listed, status, unbuilt, details)
+        _human(sys.stdout, filters, latest, results, listed, status, unbuilt, quarantined, details)
         if output_csv is not None:
             sys.stdout.write(f"wrote {len(listed)} teams to {output_csv}\n")
-    sys.exit(1 if unbuilt or any(r.status != ledger.SUCCEEDED for r in latest) else 0)
+    failed = unbuilt or quarantined or any(r.status != ledger.SUCCEEDED for r in latest)
+    sys.exit(1 if failed else 0)

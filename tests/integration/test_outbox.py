@@ -185,6 +185,24 @@ def test_restore_whose_message_is_too_large_is_quarantined(env, run_apply, pg_ro
     ]
 
 
+def test_report_names_the_quarantined_messages_until_they_are_settled(poisoned, pg_rows):
+    """The ledger records team 1 as succeeded (its persons are committed), yet its Kafka message is not
+    delivered: `runner report` says so and exits 1 until the message is published or discarded."""
+    report = run_cli("report", "--job-id", "job-a")
+    assert report.exit_code == 1, report.stderr
+    assert "1 succeeded, 0 failed" in report.stdout
+    assert "1 message of job job-a is quarantined" in report.stdout
+    assert "runner outbox list --job-id job-a" in report.stdout
+    document = json.loads(run_cli("report", "--job-id", "job-a", "--output", "json").stdout)
+    assert document["quarantined_messages"] == {"job-a": 1}
+
+    poison_id = pg_rows("SELECT id FROM recon_outbox WHERE person_uuid = %s", (POISON,))[0][0]
+    assert run_cli("outbox", "discard", "--id", str(poison_id), "--reason", "fixed by hand").exit_code == 0
+    settled = run_cli("report", "--job-id", "job-a", "--output", "json")
+    assert settled.exit_code == 0, settled.stdout
+    assert json.loads(settled.stdout)["quarantined_messages"] == {}
+
+
 def test_list_retry_discard(poisoned, run_apply, pg_rows, kafka_bootstrap):
     poison_id = pg_rows("SELECT id FROM recon_outbox WHERE person_uuid = %s", (POISON,))[0][0]
     # A pending message of another job, as a crash would leave it.
