@@ -72,11 +72,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from runner import settings
+from runner.local import guard
 
 log = logging.getLogger(__name__)
 
@@ -1078,27 +1078,11 @@ def write_postgres(dataset: Dataset, url: str, reset: bool = True) -> None:
             )
 
 
-def _is_loopback(host: str | None) -> bool:
-    return not host or host.startswith("/") or host in ("localhost", "::1") or host.startswith("127.")
-
-
 def _refuse_remote(cli: Any, pg_url: str) -> None:
     """Demo data replaces PostHog's tables: never write it to a shared server by accident."""
-    from psycopg.conninfo import conninfo_to_dict
-
     if type(cli).__name__ != "ChdbClient":
-        host = urlsplit(str(getattr(cli, "url", ""))).hostname
-        if not _is_loopback(host):
-            raise settings.ConfigError(
-                f"refusing to write demo data to the ClickHouse server at {host!r}: "
-                "demo data is for the embedded engine or a local server (pass --allow-remote to override)"
-            )
-    pg_hosts = str(conninfo_to_dict(pg_url).get("host") or "").split(",")
-    if not all(_is_loopback(h.strip()) for h in pg_hosts):
-        raise settings.ConfigError(
-            f"refusing to write demo data to the Postgres server at {','.join(pg_hosts)!r}: "
-            "demo data is for a local persons database (pass --allow-remote to override)"
-        )
+        guard.refuse_remote_clickhouse(str(getattr(cli, "url", "")), "write demo data")
+    guard.refuse_remote_postgres(pg_url, "write demo data")
 
 
 @dataclass(frozen=True)

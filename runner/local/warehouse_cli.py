@@ -6,7 +6,13 @@ import click
 
 from runner import settings
 from runner import warehouse as wh
-from runner.local import sources
+from runner.local import guard, sources
+
+_ALLOW_REMOTE = click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Run even when ClickHouse is a server off this machine (this command is meant for local use).",
+)
 
 
 @click.group("warehouse")
@@ -23,8 +29,11 @@ def warehouse_group() -> None:
     show_default=True,
     help="Database holding PostHog's tables (the dbt var source_database).",
 )
-def init(source_database: str) -> None:
+@_ALLOW_REMOTE
+def init(source_database: str, allow_remote: bool) -> None:
     """Create PostHog's source tables in ClickHouse (idempotent; for local use)."""
+    if not allow_remote:
+        guard.refuse_remote_clickhouse(settings.clickhouse_url(), "create PostHog's tables")
     tables = sources.init_sources(database=source_database)
     click.echo(f"source tables ready in {source_database}: {', '.join(tables)}")
 
@@ -51,15 +60,20 @@ warehouse = warehouse_group
     show_envvar=True,
     help="Seconds to wait for the broker and for each partition to signal its end.",
 )
-def sync_persons(resume: bool, timeout: float) -> None:
+@_ALLOW_REMOTE
+def sync_persons(resume: bool, timeout: float, allow_remote: bool) -> None:
     """Ingest the person topic into ClickHouse `person` (what production's Kafka engine does).
 
     Reads every partition up to its end and inserts each message as a versioned `person` row;
-    ingesting a message twice changes nothing (`ReplacingMergeTree(version)`).
+    ingesting a message twice changes nothing (`ReplacingMergeTree(version)`). Refuses a ClickHouse
+    server off this machine unless --allow-remote: in production the Kafka table engine ingests the
+    topic, and a second writer is not wanted.
     """
     from runner.local.person_sync import sync_persons as run_sync
 
     cfg = settings.Settings.load()
+    if not allow_remote:
+        guard.refuse_remote_clickhouse(cfg.clickhouse_url, "ingest the person topic")
     bootstrap = settings.kafka_bootstrap()
     assert bootstrap is not None
     result = run_sync(
