@@ -32,7 +32,7 @@ import clickhouse_connect
 import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner import diffs, ledger, settings, warehouse
+from runner import diffs, job_lock, ledger, settings, warehouse
 from runner.applier import SUCCESS, Applier, ApplyConfig, PersonResult, RunResult, TeamResult
 from runner.publisher import Publisher
 from runner.scheduling import Chunk, ScheduleConfig, task_slices
@@ -42,6 +42,8 @@ log = logging.getLogger("runner.schedule")
 SUCCEEDED = ledger.SUCCEEDED
 FAILED = ledger.FAILED
 BUILD_FAILED = "build_failed"
+# Another process held the chunk's job id: nothing was written; the next invocation runs the chunk.
+JOB_LOCKED = "job_locked"
 
 
 # --- where things are ------------------------------------------------------------------------------
@@ -394,16 +396,34 @@ def apply_chunk(
     by_id = {t.team_id: t for t in built.teams}
     tasks = task_slices(list(by_id), config.teams_per_chunk)
     concurrent = not targets.embedded and config.max_concurrent_tasks > 1 and len(tasks) > 1
+    lock = None
+    if tasks and not config.dry_run:
+        # One process per job id, as `runner apply` and `runner restore` (issue 13): a manual apply or
+        # restore of this chunk's job id must not run while the schedule writes it. The chunk's slices
+        # share the lock (they run in this process).
+        try:
+            lock = job_lock.acquire(targets.pg_url, "schedule", job_id)
+        except settings.ConfigError as exc:
+            members = [(team, task_id) for task_id, ids in tasks for team in ids]
+            result.teams = [TeamOutcome(team, FAILED, task, str(exc)) for team, task in members]
+            result.status, result.error = JOB_LOCKED, str(exc)
+            log.error("Job %s: %s", job_id, exc)
+            result.duration_seconds = built.duration_seconds + time.monotonic() - started
+            return result
 
     def run_task(task: tuple[str, list[int]]) -> list[TeamOutcome]:
         task_id, ids = task
         return apply_task(config, job_id, task_id, [by_id[t] for t in ids], targets, run_config)
 
-    if concurrent:
-        with ThreadPoolExecutor(min(config.max_concurrent_tasks, len(tasks)), "recon-task") as pool:
-            outcomes = list(pool.map(run_task, tasks))
-    else:
-        outcomes = [run_task(task) for task in tasks]
+    try:
+        if concurrent:
+            with ThreadPoolExecutor(min(config.max_concurrent_tasks, len(tasks)), "recon-task") as pool:
+                outcomes = list(pool.map(run_task, tasks))
+        else:
+            outcomes = [run_task(task) for task in tasks]
+    finally:
+        if lock is not None:
+            lock.release()
     result.teams = [o for task_outcomes in outcomes for o in task_outcomes]
     if result.failed_teams:
         result.status = FAILED

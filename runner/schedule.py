@@ -40,6 +40,7 @@ from runner import faults, options, outbox, scheduling, settings
 from runner.chunk_run import (
     BUILD_FAILED,
     FAILED,
+    JOB_LOCKED,
     SUCCEEDED,
     Built,
     ChunkResult,
@@ -233,7 +234,7 @@ class Reporter:
             f"{persons} "
             f"({result.duration_seconds:.1f}s, dbt {result.build_seconds:.1f}s)"
         )
-        if result.status == BUILD_FAILED:
+        if result.status in (BUILD_FAILED, JOB_LOCKED):
             text += f"\n  chunk failed: {result.error}"
         else:
             for team in result.failed_teams:

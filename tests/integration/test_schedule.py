@@ -269,3 +269,22 @@ def test_dry_run_builds_and_reports_but_writes_nothing(seeded, clean_pg, tmp_pat
     assert "would_update=" in run.stdout and "would_update=0" not in run.stdout
     assert nothing_written(clean_pg)
     assert clean_pg.execute("SELECT sum(version), count(*) FROM posthog_person").fetchone() == before
+
+
+def test_a_chunk_whose_job_id_another_process_writes_is_not_applied(seeded, clean_pg, pg_url, tmp_path):
+    """Issue 13, one process per job id: the schedule's chunks take the job lock too, so a manual
+    `runner apply`/`restore` of a chunk's job id and the schedule never write it at once. The chunk
+    whose job id is held fails naming the holder, writes nothing, and the next invocation applies it."""
+    path = write_config(tmp_path, "c.json", team_ids=[1, 2], chunk_size=1)
+    plan = runner("schedule", "--config", str(path), "--plan", "--output", "json")
+    held, free = (json.loads(line)["job_id"] for line in plan.stdout.splitlines()[:2])
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("recon_job:" + held,))
+        run = runner("schedule", "--config", str(path))
+    assert run.exit_code == 1, run.stderr
+    assert f"job {held} is already being written by another process" in run.stdout + run.stderr
+    assert clean_pg.execute("SELECT count(*) FROM recon_outbox WHERE job_id = %s", (held,)).fetchone() == (0,)
+    assert clean_pg.execute("SELECT count(*) FROM recon_outbox WHERE job_id = %s", (free,)).fetchone()[0] > 0
+    again = runner("schedule", "--config", str(path))
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert clean_pg.execute("SELECT count(*) FROM recon_outbox WHERE job_id = %s", (held,)).fetchone()[0] > 0
