@@ -277,12 +277,17 @@ def verify(job_id: str, dbt_vars: str | None, dbt_select: str | None, recompute:
         if row is None:
             raise ConfigError(f"no job {job_id!r} in the run ledger (a dry run records nothing)")
         if recompute:
-            from runner.dbt_cli import run_dbt
+            from runner.dbt_cli import DbtFailed, run_dbt
 
             log.info("Recomputing the diff with dbt (vars: %s)", parsed_vars or {})
             # dbt's log lines go to stderr: stdout is for the report (one JSON object with --output json)
-            with contextlib.redirect_stdout(sys.stderr):
-                run_dbt("run", parsed_vars, ["--select", dbt_select] if dbt_select else None)
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    run_dbt("run", parsed_vars, ["--select", dbt_select] if dbt_select else None)
+            except DbtFailed as exc:
+                if "Compilation Error" in exc.detail:  # the models' var checks (macros/recon_vars.sql)
+                    raise ConfigError(f"--vars refused by the models: {exc.detail.strip()}") from None
+                raise click.ClickException(f"recomputing the diff failed: {exc}") from None
         client = wh.client(cfg.clickhouse_url)
         summaries = read_team_summaries(client, cfg.target_schema)
         replay_teams = frozenset(t.team_id for t in summaries if t.semantics == "replay")

@@ -85,6 +85,34 @@ def test_verify_unknown_job_exits_2(env):
     assert result.exit_code == 2 and "no job 'nope'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ('bug_window_end: "2026-01-07 14:52:00", semantics: Replay', "var semantics"),
+        ('bug_window_end: "2026-01-01 00:00:00"', "var bug_window_end"),
+    ],
+)
+def test_verify_with_vars_the_models_refuse_exits_2_naming_the_var(env, run_apply, bad, named):
+    ch = env["ch"]
+    insert_ch_persons(ch, [(1, PERSONS[0], {"plan": "free"}, 3)])
+    insert_pg_person(env["pg"], 1, PERSONS[0], {"plan": "free"}, 3)
+    insert_diffs(ch, [Diff(1, PERSONS[0], 3, set={"plan": ('"paid"', TS)})])
+    insert_summary(ch, {1: 1})
+    assert run_apply("--job-id", "job-bad-vars").exit_code == 0
+    result = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            "--job-id",
+            "job-bad-vars",
+            "--vars",
+            '{bug_window_start: "2026-01-06 20:01:00", ' + bad + "}",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--vars refused by the models" in result.stderr and named in result.stderr
+
+
 def test_replay_semantics_shown_and_verify_counts_no_rule_artifacts(env, run_apply):
     """A diff built with `semantics: replay` is a fixed point, so whatever the recomputed diff still
     lists for a person the job repaired is `differs`, never `rule_artifact`."""
