@@ -7,6 +7,7 @@ command-specific part of the help text; otherwise it is a ready `click.option` d
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -105,9 +106,19 @@ def sample_option(what: str) -> Callable[[F], F]:
     )
 
 
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses inf and nan (which pass `min`/`max` checks or compare false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 publish_timeout_option = click.option(
     "--publish-timeout",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1, max=86_400),
     default=30.0,
     show_default=True,
     envvar="RECON_PUBLISH_TIMEOUT",
@@ -118,7 +129,7 @@ publish_timeout_option = click.option(
 
 max_rate_option = click.option(
     "--max-rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     envvar="RECON_MAX_RATE",
     show_envvar=True,
