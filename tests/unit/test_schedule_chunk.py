@@ -35,6 +35,7 @@ class Calls:
         self.tasks: list[tuple[str, str, list[int]]] = []
         self.recorded: list[tuple[str, list[tuple[int, str]], str]] = []
         self.finished: list[tuple[str, bool]] = []
+        self.locked: list[tuple[str, ...]] = []
 
     def apply_task(self, config, job_id, task, teams, targets, run_config):
         with self.lock:
@@ -57,6 +58,15 @@ class Calls:
     def finish_run(self, targets, job_id, *, failed):
         self.finished.append((job_id, failed))
 
+    def acquire_job_lock(self, pg_url, command, *job_ids):
+        self.locked.append(job_ids)
+        return _NoLock()
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
 
 @pytest.fixture
 def calls(monkeypatch):
@@ -64,6 +74,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(chunk_run, "apply_task", recorder.apply_task)
     monkeypatch.setattr(chunk_run, "record_failed_teams", recorder.record_failed_teams)
     monkeypatch.setattr(chunk_run, "finish_run", recorder.finish_run)
+    monkeypatch.setattr(chunk_run.job_lock, "acquire", recorder.acquire_job_lock)
     return recorder
 
 
@@ -86,6 +97,7 @@ def test_server_applies_slices_concurrently_up_to_the_cap(calls):
     assert result.status == "failed" and [t.team_id for t in result.failed_teams] == [7]
     assert result.error == "1 of 8 teams failed: [7]"
     assert calls.finished == [("job-1", True)]
+    assert calls.locked == [("job-1",)]  # one job lock for the chunk, shared by its concurrent slices
     assert result.to_json()["failed_team_ids"] == "[7]" and result.to_json()["persons_updated"] == 8
     assert result.build_seconds == 1.5 and result.duration_seconds >= 1.5
 
