@@ -223,12 +223,28 @@ def _show(value: Any) -> str:
     return _SHOW.repr(value)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook refusing a key given twice (json.loads would keep the last one silently)."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise _DuplicateKey(key)
+        members[key] = value
+    return members
+
+
 def parse_cursor(text: str | None, source: str = "the configuration") -> dict[str, Any]:
-    """R12.2 rules 1 and 2: a cursor must exist and be a JSON object."""
+    """R12.2 rules 1 and 2: a cursor must exist and be a JSON object (each key given once)."""
     if text is None or not text.strip():
         raise ConfigError(f"{source} is empty: nothing to schedule.\n{EXAMPLE_CURSORS}")
     try:
-        cursor = json.loads(text)
+        cursor = json.loads(text, object_pairs_hook=_unique_members)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source} gives the field {_show(exc.args[0])} more than once") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source} is not valid JSON ({exc.msg}): {text[:100]!r}") from exc
     except RecursionError:

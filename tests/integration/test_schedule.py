@@ -79,6 +79,7 @@ def nothing_written(pg: psycopg.Connection) -> bool:
         (json.dumps({**WINDOW, "team_ids": [1], "chunk_size": {"n": 5}}), "chunk_size must be an integer"),
         (json.dumps({**WINDOW, "team_ids": [1], "max_rate": 0}), "max_rate must be a positive number"),
         ('{"team_ids": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"team_ids": [1], "team_ids": [2]}', "gives the field 'team_ids' more than once"),
     ],
 )
 def test_bad_configuration_exits_2_and_writes_nothing(clean_pg, tmp_path, content, message):
