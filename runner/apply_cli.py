@@ -269,7 +269,7 @@ class HumanSink:
             )
         for t in run.teams:
             if t.error:
-                self.out.write(f"team {t.team_id} {t.status}: {t.error}\n")
+                self.out.write(f"team {t.team_id} {t.status}: {t.error.removeprefix(t.status + ': ')}\n")
             for person_uuid, outcome, reason in t.failures[:SHOWN_FAILURES]:
                 self.out.write(f"  person {person_uuid}: {outcome}: {reason}\n")
             if len(t.failures) > SHOWN_FAILURES:

@@ -34,7 +34,10 @@ def failures_text(outcomes: dict[str, int], kinds: tuple[str, ...]) -> str:
 def start_run(conn: psycopg.Connection, job_id: str, kind: str, config: dict[str, Any]) -> None:
     row = conn.execute("SELECT kind FROM recon_run WHERE job_id = %s", (job_id,)).fetchone()
     if row is not None and row[0] != kind:
-        raise ConfigError(f"job id {job_id!r} already belongs to a {row[0]} run; choose another job id")
+        raise ConfigError(
+            f"job id {job_id!r} already belongs to {'an' if row[0] == 'apply' else 'a'} {row[0]} run; "
+            "choose another job id"
+        )
     conn.execute(
         """
         INSERT INTO recon_run (job_id, kind, config, dry_run, status)

@@ -309,7 +309,10 @@ def check_restore_job_id(conn: psycopg.Connection, cfg: RestoreConfig) -> None:
         return
     kind, source = row
     if kind != LEDGER_KIND:
-        raise ConfigError(f"job id {cfg.restore_job_id!r} already belongs to a {kind} run; choose another")
+        raise ConfigError(
+            f"job id {cfg.restore_job_id!r} already belongs to "
+            f"{'an' if kind == 'apply' else 'a'} {kind} run; choose another"
+        )
     if source != cfg.job_id:
         raise ConfigError(
             f"restore job {cfg.restore_job_id!r} restored job {source!r}, not {cfg.job_id!r}: choose another"

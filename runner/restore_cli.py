@@ -189,7 +189,9 @@ class HumanRestoreSink:
         self.out.write("\n" + _team_table(run) + "\n")
         for team in run.teams:
             if team.error:
-                self.out.write(f"team {team.team_id} {team.status}: {team.error}\n")
+                self.out.write(
+                    f"team {team.team_id} {team.status}: {team.error.removeprefix(team.status + ': ')}\n"
+                )
             for person_uuid, outcome, reason in team.failures[:10]:
                 self.out.write(f"  person {person_uuid}: {outcome}: {reason}\n")
         if run.error:

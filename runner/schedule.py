@@ -541,7 +541,7 @@ def _print_plan(reporter: Reporter, config: ScheduleConfig, sid: str, total: int
         done = read_progress(persons_db_url(config), sid)
     except (ConfigError, psycopg.Error) as exc:
         note = f" (progress unknown: {str(exc).splitlines()[0]})"
-    lines = [f"schedule {sid}: {config.selection()}, {total} chunks{note}"]
+    lines = [f"schedule {sid}: {config.selection()}, {_plural(total, 'chunk')}{note}"]
     records: list[dict[str, Any]] = []
     chunks = (chunk for chunk, _ in scheduling.iter_chunks(config))
     for i, chunk in enumerate(chunks, start=1):

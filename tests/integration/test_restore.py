@@ -413,7 +413,7 @@ def test_bad_input_exits_2_and_writes_nothing(applied, pg_rows):
     )
     snapshot = everything(pg_rows)
     for restore_job_id, message in (
-        ("job-x", "'job-x' already belongs to a apply run"),
+        ("job-x", "'job-x' already belongs to an apply run"),
         ("undo-b", "restored job 'job-b', not 'job-a'"),
         ("posthog-run", "'posthog-run' already has backup rows"),
     ):
