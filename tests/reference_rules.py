@@ -17,7 +17,8 @@ Where the spec leaves a choice to ClickHouse it is modelled here explicitly:
 - `ch_raw` reproduces ClickHouse's re-serialisation of a JSON value (the "raw text" that SET values are
   compared by and stored as): compact, members in document order, strings with ClickHouse's escapes,
   numbers printed as shortest round-trip doubles (`1.0` -> `1`, `1e21`, `1e-7`), integers beyond the
-  64-bit ranges as quoted strings;
+  64-bit ranges as quoted strings, which `unquote_big_integers` turns back into numbers as the models
+  do (macros/recon_numbers.sql);
 - `ch_uuid_key` is ClickHouse's UUID order (the last 8 bytes, then the first 8, unsigned), used for the
   tie-break and for the order of persons in batches;
 - ties are broken by the greatest (SET) or least (SET_ONCE) `(timestamp, event uuid, position, value)`;
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -161,6 +163,23 @@ def ch_raw(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(ch_raw(v) for v in value) + "]"
     raise TypeError(f"not a JSON value: {value!r}")
+
+
+_LONG_DIGITS = re.compile(r'"-?[0-9]{19,}"')
+_ONE_LONG_DIGITS = re.compile(r'"(-?[0-9]{19,})"')
+
+
+def unquote_big_integers(text: str, source: str) -> str:
+    """macros/recon_numbers.sql: ClickHouse quotes integers beyond 64 bits; the models give them back
+    as numbers, judged against the raw `source` text the value was extracted from."""
+    if not _LONG_DIGITS.search(text):
+        return text
+    if not _LONG_DIGITS.search(source):
+        return _ONE_LONG_DIGITS.sub(r"\1", text)
+    whole = re.fullmatch(r'"(-?[0-9]{19,})"', text)
+    if whole and re.search(r"[\[:,]\s*" + whole.group(1) + r"\s*[,}\]]", source):
+        return whole.group(1)
+    return text
 
 
 def _has_duplicate_keys(value: Any) -> bool:
@@ -319,7 +338,8 @@ def read_event(event: Event) -> EventReading:
             for position, (key, value) in enumerate(payload, start=1):
                 if value is None or key in BLOCKLIST:
                     continue
-                operations.append(Operation(kind, key, ch_raw(value), event.timestamp, event.uuid, position))
+                raw = unquote_big_integers(ch_raw(value), text)
+                operations.append(Operation(kind, key, raw, event.timestamp, event.uuid, position))
     found, payload = first_member(document, "$unset")
     present = present or found
     if found and isinstance(payload, list) and not isinstance(payload, Pairs):
@@ -374,7 +394,7 @@ def current_states(rows: Iterable[PersonRow]) -> dict[tuple[int, UUID], State]:
             document = None
         if isinstance(document, Pairs):
             for key, value in document:
-                keys.setdefault(key, ch_raw(value))
+                keys.setdefault(key, unquote_big_integers(ch_raw(value), row.properties))
         states[slot] = State(row.version, keys)
     return states
 

@@ -280,6 +280,82 @@ def test_clickhouse_raw_text_model_of_the_oracle(env: mh.ModelsEnv) -> None:
     assert got == expected
 
 
+BIG = "123456789012345678901234567890"
+NEGATIVE_BIG = "-9223372036854775809"
+
+
+def test_integers_beyond_64_bits_stay_numbers(env: mh.ModelsEnv) -> None:
+    """ClickHouse's JSON functions quote integers outside [-2^63, 2^64); the diff gives them back as
+    the event's own digits (issue 11: a big integer must not reach Postgres as a string), nested ones
+    too, while a real string of digits keeps its quotes. The person's state is read the same way, so
+    a big integer Postgres already holds is no difference. Both modes, against the oracle."""
+    env.init_sources()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    owner, holder, mixed = uid("big-owner"), uid("big-holder"), uid("big-mixed")
+    persons = [
+        # (original semantics: a SET repairs only keys the person has, gotcha 1)
+        rr.PersonRow(owner, 1, json.dumps({"big": 1, "neg": 1, "nested": 1, "fits": 1}), 0, 2, at, 2),
+        rr.PersonRow(holder, 1, '{"held": ' + BIG + ', "plan": "free"}', 0, 2, at, 2),
+        rr.PersonRow(mixed, 1, json.dumps({"code": "", "big": 1}), 0, 2, at, 2),
+    ]
+    events = [
+        rr.Event(
+            uid("big-1"),
+            1,
+            "big-owner",
+            owner,
+            ts("2026-01-07 01:00:00"),
+            '{"$set": {"big": '
+            + BIG
+            + ', "neg": '
+            + NEGATIVE_BIG
+            + ', "nested": {"n": ['
+            + BIG
+            + ', 1.50]}, "fits": 18446744073709551615}, "$set_once": {"first": '
+            + BIG
+            + "}}",
+        ),
+        # The same big integer is no difference for the person already holding it.
+        rr.Event(
+            uid("big-2"),
+            1,
+            "big-holder",
+            holder,
+            ts("2026-01-07 02:00:00"),
+            '{"$set": {"held": ' + BIG + ', "plan": "pro"}}',
+        ),
+        # A real string of 19+ digits in the same event as a big integer: the string keeps its quotes.
+        rr.Event(
+            uid("big-3"),
+            1,
+            "big-mixed",
+            mixed,
+            ts("2026-01-07 03:00:00"),
+            '{"$set": {"code": "98765432109876543210", "big": ' + BIG + "}}",
+        ),
+    ]
+    env.insert_events(events)
+    env.insert_persons(persons)
+    env.drop_models()
+    for seconds in (0, 3600):
+        dbt_vars = {"bug_window_start": W0, "bug_window_end": W1, "now": NOW, "window_seconds": seconds}
+        env.run(dbt_vars)
+        assert_matches_oracle(env, dbt_vars)
+        rows = {row[2]: row for row in env.diff_rows()}
+        assert dict(zip(rows[owner][4], rows[owner][5], strict=True)) == {
+            "big": BIG,
+            "fits": "18446744073709551615",
+            "neg": NEGATIVE_BIG,
+            "nested": '{"n":[' + BIG + ",1.5]}",
+        }
+        assert dict(zip(rows[owner][7], rows[owner][8], strict=True)) == {"first": BIG}
+        assert rows[holder][4:6] == (("plan",), ('"pro"',))
+        assert dict(zip(rows[mixed][4], rows[mixed][5], strict=True)) == {
+            "big": BIG,
+            "code": '"98765432109876543210"',
+        }
+
+
 def test_clickhouse_uuid_order_model_of_the_oracle(env: mh.ModelsEnv) -> None:
     import random
 

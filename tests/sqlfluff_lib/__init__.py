@@ -154,3 +154,11 @@ def recon_replay_needs_first_after(*_: str) -> str:
 
 def recon_diff_grid_filter(alias: str | None = None) -> str:
     return recon_grid_filter(alias) + f" and {alias + '.' if alias else ''}semantics = 'original'"
+
+
+def recon_has_long_digits(text: str) -> str:
+    return f"match({text}, '\"-?[0-9]{{19,}}\"')"
+
+
+def recon_unquote_big_integers(value: str, source: str) -> str:
+    return f"if(match({source}, '[0-9]'), {value}, {value})"

@@ -6,6 +6,7 @@
   original leaves them unspecified; this makes the choice deterministic.
   The top-level keys and raw values are extracted here once (R6.3): a properties text that is not a
   JSON object gives no keys; with duplicate keys the first one counts (indexOf finds the first).
+  Integers beyond 64 bits stay numbers, as in the operations (macros/recon_numbers.sql).
 -#}
 with latest as (
     select
@@ -23,6 +24,13 @@ select
     tupleElement(latest_row, 1) as baseline_version,
     tupleElement(latest_row, 5) as properties,
     arrayMap(member -> member.1, JSONExtractKeysAndValuesRaw(properties)) as state_keys,
-    arrayMap(member -> member.2, JSONExtractKeysAndValuesRaw(properties)) as state_values
+    if(
+        match(properties, '[0-9]{19}'),
+        arrayMap(
+            member -> {{ recon_unquote_big_integers('member.2', 'properties') }},
+            JSONExtractKeysAndValuesRaw(properties)
+        ),
+        arrayMap(member -> member.2, JSONExtractKeysAndValuesRaw(properties))
+    ) as state_values
 from latest
 where tupleElement(latest_row, 4) = 0

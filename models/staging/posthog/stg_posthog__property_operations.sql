@@ -14,7 +14,9 @@
       `$set`, `$set_once`, `$unset` literally (a key spelled with JSON escapes would be missed);
     * `$set` / `$set_once` produce one operation per top-level member when they are objects, with the
       member's raw JSON text as value as ClickHouse re-serialises it (strings keep their quotes, objects
-      and arrays stay whole, `1.0` becomes `1`); members whose value is JSON null are dropped;
+      and arrays stay whole, `1.0` becomes `1`), except that integers beyond 64 bits, which ClickHouse
+      quotes, are given back as numbers (macros/recon_numbers.sql); members whose value is JSON null
+      are dropped;
     * `$unset` produces one UNSET per element when it is an array; the key is the element's scalar
       text: a string gives its decoded content, a number or boolean its text, null/object/array the
       empty string; `$unset` as an object produces nothing;
@@ -32,6 +34,7 @@ with events_in_scope as (
         {{ recon_event_ingested_at() }} as ingested_at,
         distinct_id,
         person_id as event_person_id,
+        properties,
         if(position(properties, '"$set"') > 0, JSONExtractRaw(properties, '$set'), '') as set_json,
         if(position(properties, '"$set_once"') > 0, JSONExtractRaw(properties, '$set_once'), '') as set_once_json,
         if(position(properties, '"$unset"') > 0, JSONExtractRaw(properties, '$unset'), '') as unset_json,
@@ -48,8 +51,23 @@ with events_in_scope as (
 extracted as (
     select
         events_in_scope.*,
-        JSONExtractKeysAndValuesRaw(set_json) as set_members,
-        JSONExtractKeysAndValuesRaw(set_once_json) as set_once_members,
+        {{ recon_has_long_digits('set_json') }} or {{ recon_has_long_digits('set_once_json') }} as has_long_digits,
+        if(
+            has_long_digits,
+            arrayMap(
+                member -> tuple(member.1, {{ recon_unquote_big_integers('member.2', 'properties') }}),
+                JSONExtractKeysAndValuesRaw(set_json)
+            ),
+            JSONExtractKeysAndValuesRaw(set_json)
+        ) as set_members,
+        if(
+            has_long_digits,
+            arrayMap(
+                member -> tuple(member.1, {{ recon_unquote_big_integers('member.2', 'properties') }}),
+                JSONExtractKeysAndValuesRaw(set_once_json)
+            ),
+            JSONExtractKeysAndValuesRaw(set_once_json)
+        ) as set_once_members,
         JSONExtractArrayRaw(unset_json) as unset_elements,
         arrayFilter(
             operation -> operation.3 != 'null' and not has({{ recon_blocklist_sql() }}, operation.2),  -- noqa: ST10
