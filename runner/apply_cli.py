@@ -34,7 +34,7 @@ from runner.applier import (
     RunResult,
     TeamResult,
 )
-from runner.merge import diff_entries, display_default
+from runner.merge import diff_entries, display_default, json_dumps
 from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.settings import ConfigError
@@ -115,7 +115,7 @@ class JsonSink:
         self._semantics = semantics_of(teams)
 
     def stage(self, result: PersonResult) -> None:
-        self._staged.write(json.dumps(person_line(result), default=display_default))
+        self._staged.write(json_dumps(person_line(result)))  # numbers as their exact text
         self._staged.write("\n")
 
     def _drain(self) -> Any:

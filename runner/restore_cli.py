@@ -21,7 +21,7 @@ import click
 from runner import job_lock, ledger, metrics, options, outbox, settings
 from runner import warehouse as wh
 from runner.apply_cli import JsonSink
-from runner.merge import display_default
+from runner.merge import display_default, json_dumps
 from runner.pg_schema import check_postgres
 from runner.publisher import Publisher, check_broker
 from runner.restore import (
@@ -110,7 +110,7 @@ class RestoreJsonSink(JsonSink):
         pass
 
     def person(self, result: PersonRestore) -> None:
-        self._staged.write(json.dumps(person_line(result), default=display_default) + "\n")
+        self._staged.write(json_dumps(person_line(result)) + "\n")  # numbers as their exact text
 
     def team_done(self, team: TeamRestore) -> None:
         pass

@@ -39,6 +39,12 @@ def test_untouched_keys_and_set_values_stay_exact(env, run_apply, pg_rows, kafka
     run = run_apply("--job-id", "job-exact", "--output", "json")
     assert run.exit_code == 0, run.stdout + run.stderr
     assert {line["outcome"] for line in run.persons().values()} == {"success"}
+    # The JSON lines show the numbers as numbers with their exact text, never as strings.
+    [line] = [
+        json.loads(text, parse_float=Decimal) for text in run.stdout.splitlines() if str(person) in text
+    ]
+    assert line["properties_before"]["precise"] == Decimal("0.30000000000000000001")
+    assert line["properties_after"]["id_big"] == 123456789012345678901234567890
 
     expected = pg_rows(
         'SELECT (%s::jsonb || \'{"plan": "paid", "ratio": 0.10000000000000000000001, '
