@@ -22,6 +22,7 @@ RETRY_WAIT_BUDGET = 30.0
 # --batch-size, or 0) the publisher reads them back from the outbox instead, so memory stays flat.
 KEPT_MESSAGES = 50_000
 
+NOT_FOUND = "not_found"
 VERSION_CONFLICT = "version_conflict"
 INVALID_VALUE = "invalid_value"
 TEAM_FAILED = "team_failed"

@@ -49,6 +49,14 @@ def start_run(conn: psycopg.Connection, job_id: str, kind: str, config: dict[str
     )
 
 
+def run_of(conn: psycopg.Connection, job_id: str) -> tuple[str, str | None] | None:
+    """(kind, source job id) of a run in the ledger (the source: what a restore run restores), or None."""
+    row = conn.execute(
+        "SELECT kind, config->>'source_job_id' FROM recon_run WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
 def finish_run(conn: psycopg.Connection, job_id: str, status: str) -> None:
     conn.execute("UPDATE recon_run SET status = %s, finished_at = now() WHERE job_id = %s", (status, job_id))
 

@@ -18,15 +18,30 @@ key the run had *added*, so "apply then restore" did not return the person to wh
 added key is removed by `keep_newer` when it still holds what the run wrote, and always by
 `restore_wins`. A backup without an after-state (written by other tools) gives no way to tell the job's
 keys apart: every key of its before-state counts, as in the original.
+
+`decide` is the restore's decision per backup entry, as the batch engine (`runner.engine`) asks for it:
+`not_found` when the locked row is not the person the job changed (another pk under the same uuid),
+`skipped` when the strategy finds nothing to restore, else `restored`, with what to write (version =
+current + 1, NULL counting as 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
+
+from runner.engine_rules import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
+from runner.merge import json_dumps, json_loads
+from runner.persons import AppliedByJob, PersonWrite, PgPerson
 
 STRATEGIES = ("keep_newer", "restore_wins", "full_overwrite")
+
+RESTORED = "restored"
+SKIPPED = "skipped"
+OUTCOMES = (RESTORED, SKIPPED, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
 
 
 @dataclass(frozen=True)
@@ -151,4 +166,90 @@ def metadata_delta(
         to_set(current.last_updated_at, new.last_updated_at),
         to_set(current.last_operation, new.last_operation),
         removed,
+    )
+
+
+# --- the decision per backup entry -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackupEntry:
+    team_id: int
+    person_id: int
+    uuid: UUID
+    before: PersonState
+    after: PersonState | None
+
+    @classmethod
+    def of_row(cls, team_id: int, row: Sequence[Any]) -> BackupEntry:
+        """From a backup row as `runner.persons.backup_pages` reads it."""
+        person_id, uuid, props, updated, operation, props_after, updated_after, operation_after = row
+        after = None if props_after is None else PersonState.of(props_after, updated_after, operation_after)
+        return cls(team_id, int(person_id), uuid, PersonState.of(props, updated, operation), after)
+
+
+@dataclass(slots=True)
+class PersonRestore:
+    entry: BackupEntry
+    outcome: str
+    properties_before: dict[str, Any] | None = None
+    properties_after: dict[str, Any] | None = None
+    version_before: int | None = None
+    version_after: int | None = None
+    already_restored: bool = False
+    reason: str | None = None  # why the person failed (invalid_value, version_conflict)
+
+    @property
+    def person_uuid(self) -> UUID:
+        return self.entry.uuid
+
+    @property
+    def already_done(self) -> bool:
+        return self.already_restored
+
+
+def decide(
+    strategy: str,
+    entry: BackupEntry,
+    pg: PgPerson,
+    metadata: tuple[Any, Any] | None,
+    *,
+    dry_run: bool,
+    timestamp: str,
+) -> tuple[PersonRestore, PersonWrite | None]:
+    """One backup entry against its locked row and that row's metadata maps (last_updated_at,
+    last_operation). Returns the result and what to write (None: nothing, or a dry run); `timestamp`
+    is when the restore ran (its own backup's pending operations)."""
+    if pg.id != entry.person_id or metadata is None:
+        return PersonRestore(entry, NOT_FOUND), None
+    current = PersonState.of(pg.properties, *metadata)
+    change = restore_change(strategy, entry.before, entry.after, current)
+    if change is None:
+        return PersonRestore(entry, SKIPPED, pg.properties, pg.properties, pg.version, pg.version), None
+    version_after = (pg.version or 0) + 1
+    result = PersonRestore(entry, RESTORED, pg.properties, change.state.properties, pg.version, version_after)
+    if dry_run:
+        return result, None
+    updated_at_set, operation_set, removed = metadata_delta(current, change.state)
+    write = PersonWrite(
+        person=pg,
+        properties_json=json_dumps(change.state.properties),
+        updated_at_set_json=json_dumps(updated_at_set),
+        operation_set_json=json_dumps(operation_set),
+        metadata_removed=removed,
+        version_after=version_after,
+        pending_operations_json=json_dumps(restore_operations(change, timestamp)),
+    )
+    return result, write
+
+
+def already_restored(entry: BackupEntry, earlier: AppliedByJob) -> PersonRestore:
+    """A person an earlier attempt of this restore job restored: reported as that write, not redone."""
+    message = json.loads(earlier.payload)
+    return PersonRestore(
+        entry,
+        RESTORED,
+        properties_after=json_loads(message["properties"]),
+        version_after=earlier.version,
+        already_restored=True,
     )

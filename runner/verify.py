@@ -22,6 +22,9 @@ as it is), then checks every person the job updated (its outbox rows):
 - `differs`: still in the diff at the job's version for any other reason.
 
 Exit codes: 0 nothing unexpected; 1 persons `not_ingested` or `differs`; 2 bad usage or configuration.
+
+The classification is pure (`runner.verify_rules`); this module reads the job's outbox rows, ClickHouse
+and Postgres, and reports.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ import contextlib
 import json
 import logging
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -42,31 +43,13 @@ import yaml  # type: ignore[import-untyped]
 from runner import options, settings
 from runner import warehouse as wh
 from runner.diffs import DIFF_TABLE, read_team_summaries
-from runner.merge import json_equal
 from runner.settings import ConfigError
+from runner.verify_rules import CLASSES, Verdict, artifact_suspects, classify, latest_versions
 from runner.warehouse import ident
 
 log = logging.getLogger("runner.verify")
 
 PAGE = 10_000
-SAMPLE = 20
-CLASSES = ("ok", "changed_since", "postgres_behind", "rule_artifact", "not_ingested", "differs")
-
-
-@dataclass
-class Verdict:
-    counts: Counter[str] = field(default_factory=Counter)
-    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def add(self, klass: str, detail: dict[str, Any]) -> None:
-        self.counts[klass] += 1
-        bucket = self.samples.setdefault(klass, [])
-        if klass != "ok" and len(bucket) < SAMPLE:
-            bucket.append(detail)
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.counts["not_ingested"] or self.counts["differs"])
 
 
 def _job_pages(conn: psycopg.Connection, job_id: str) -> Any:
@@ -155,27 +138,6 @@ def _job_operations(
     return by_person
 
 
-def _decoded(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _artifact_only(remaining: dict, state_text: str, touched: dict[str, set[str]] | None) -> bool:
-    """Whether every remaining entry is one the diff rules produce on their own (see the docstring)."""
-    state = _decoded(state_text or "{}")
-    state = state if isinstance(state, dict) else {}
-    touched = touched or {}
-    for key, raw in remaining["set"].items():
-        # A SET on a key the job filled with SET_ONCE (gotcha 4: the key was absent, so the rules took
-        # the earlier SET_ONCE and dropped the later SET; now that the key exists the SET qualifies).
-        filled_once = "set_once" in touched.get(key, set())
-        if not filled_once and not (key in state and json_equal(_decoded(raw), state[key])):
-            return False
-    return all(key in touched for key in [*remaining["set_once"], *remaining["unset"]])
-
-
 def check_job(
     conn: psycopg.Connection,
     client: Any,
@@ -187,42 +149,17 @@ def check_job(
     """`replay_teams`: teams whose diff was built with `semantics: replay` (no rule artifacts there)."""
     verdict = Verdict()
     for page in _job_pages(conn, job_id):
-        latest: dict[tuple[int, UUID], int] = {}
-        for _, team, person, version in page:
-            key = (int(team), person)
-            latest[key] = max(version, latest.get(key, 0))
+        latest = latest_versions(page)
         teams = [t for t, _ in latest]
         ids = [p for _, p in latest]
         ch = _ch_state(client, source_db, teams, ids)
         diff = _in_diff(client, schema, teams, ids)
         pg = _pg_versions(conn, teams, ids)
-        suspects = [
-            k for k, v in latest.items() if k in diff and k in ch and ch[k][0] == v and pg.get(k, 0) <= v
-        ]
-        touched = _job_operations(conn, job_id, suspects)
+        touched = _job_operations(conn, job_id, artifact_suspects(latest, ch, diff, pg))
         for key, job_version in latest.items():
-            ch_version, ch_deleted, ch_properties = ch.get(key, (None, 0, ""))
-            remaining = diff.get(key)
-            detail = {
-                "team_id": key[0],
-                "person_uuid": str(key[1]),
-                "job_version": job_version,
-                "clickhouse_version": ch_version,
-                "postgres_version": pg.get(key),
-                "diff": remaining,
-            }
-            if ch_version is None or ch_version < job_version:
-                klass = "not_ingested"
-            elif remaining is None:
-                klass = "ok"
-            elif (pg.get(key) or 0) > job_version or ch_deleted:
-                klass = "changed_since"
-            elif ch_version > job_version:
-                klass = "postgres_behind"
-            elif key[0] not in replay_teams and _artifact_only(remaining, ch_properties, touched.get(key)):
-                klass = "rule_artifact"
-            else:
-                klass = "differs"
+            klass, detail = classify(
+                key, job_version, ch.get(key), diff.get(key), pg.get(key), touched.get(key), replay_teams
+            )
             verdict.add(klass, detail)
     return verdict
 

@@ -143,3 +143,117 @@ def test_metadata_delta_of_a_restored_key_touches_only_that_key():
     current = state({}, {"plan": "t-run", "x": "t-x"}, {"plan": "set", "x": "set"})
     new = state({}, {"plan": "t-before", "x": "t-x"}, {"plan": "set", "x": "set"})
     assert metadata_delta(current, new) == ({"plan": "t-before"}, {}, [])
+
+
+# --- the decision per backup entry (restore_rules.decide) ------------------------------------------
+
+
+def _entry(person_id=41, after=AFTER):
+    from uuid import UUID
+
+    from runner.restore_rules import BackupEntry
+
+    return BackupEntry(1, person_id, UUID(int=7), BEFORE, after)
+
+
+def _row(props, version, person_id=41):
+    from uuid import UUID
+
+    from runner.persons import PgPerson
+
+    return PgPerson(person_id, UUID(int=7), props, version, False, "2026-01-01 00:00:00.000000")
+
+
+def test_decide_restores_the_before_state_with_the_next_version_and_its_own_backup():
+    import json
+
+    from runner.restore_rules import RESTORED, decide
+
+    result, write = decide(
+        "keep_newer",
+        _entry(),
+        _row(AFTER.properties, 4),
+        (AFTER.last_updated_at, AFTER.last_operation),
+        dry_run=False,
+        timestamp="2026-02-01T00:00:00+00:00",
+    )
+    assert result.outcome == RESTORED
+    assert result.properties_after == BEFORE.properties
+    assert (result.version_before, result.version_after) == (4, 5)
+    assert write is not None and write.version_after == 5
+    assert json.loads(write.properties_json or "") == BEFORE.properties
+    ops = {(op["key"], op["operation"]) for op in json.loads(write.pending_operations_json)}
+    assert ops == {("plan", "set"), ("legacy", "set"), ("ref", "unset")}
+    assert all(
+        op["timestamp"] == "2026-02-01T00:00:00+00:00" for op in json.loads(write.pending_operations_json)
+    )
+
+
+def test_decide_null_version_counts_as_zero():
+    from runner.restore_rules import decide
+
+    result, _ = decide(
+        "full_overwrite", _entry(), _row({"x": 1}, None), ({}, {}), dry_run=False, timestamp="t"
+    )
+    assert result.version_after == 1
+
+
+def test_decide_skips_a_person_already_at_the_before_state():
+    from runner.restore_rules import SKIPPED, decide
+
+    result, write = decide(
+        "restore_wins",
+        _entry(),
+        _row(BEFORE.properties, 6),
+        (BEFORE.last_updated_at, BEFORE.last_operation),
+        dry_run=False,
+        timestamp="t",
+    )
+    assert result.outcome == SKIPPED and write is None
+    assert result.version_after == result.version_before == 6
+
+
+def test_decide_another_person_under_the_same_uuid_is_not_found():
+    from runner.engine_rules import NOT_FOUND
+    from runner.restore_rules import decide
+
+    result, write = decide(
+        "keep_newer",
+        _entry(person_id=41),
+        _row(AFTER.properties, 4, person_id=99),
+        ({}, {}),
+        dry_run=False,
+        timestamp="t",
+    )
+    assert result.outcome == NOT_FOUND and write is None
+
+
+def test_decide_dry_run_reports_without_a_write():
+    from runner.restore_rules import RESTORED, decide
+
+    result, write = decide(
+        "keep_newer", _entry(), _row(AFTER.properties, 4), ({}, {}), dry_run=True, timestamp="t"
+    )
+    assert result.outcome == RESTORED and write is None
+
+
+def test_already_restored_reports_the_earlier_write():
+    import json
+
+    from runner.persons import AppliedByJob
+    from runner.restore_rules import RESTORED, already_restored
+
+    payload = json.dumps({"properties": json.dumps({"plan": "pro"}), "version": 5})
+    result = already_restored(_entry(), AppliedByJob(5, payload))
+    assert result.outcome == RESTORED and result.already_restored and result.already_done
+    assert result.properties_after == {"plan": "pro"} and result.version_after == 5
+
+
+def test_backup_entry_of_a_row_without_an_after_state():
+    from uuid import UUID
+
+    from runner.restore_rules import BackupEntry
+
+    entry = BackupEntry.of_row(3, (41, UUID(int=7), {"a": 1}, None, {"a": "set"}, None, None, None))
+    assert (entry.team_id, entry.person_id, entry.after) == (3, 41, None)
+    assert entry.before == PersonState({"a": 1}, {}, {"a": "set"})
