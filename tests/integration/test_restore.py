@@ -599,18 +599,24 @@ def test_row_held_past_the_quick_retries_is_waited_for_at_the_end_of_the_team(ap
 def test_lost_connection_fails_the_team_with_true_counts_and_the_restore_goes_on(
     applied, pg_rows, pg_url, tmp_path, monkeypatch
 ):
-    """Issue 11, fault 4 for restore: the restore's backends are terminated after team 1's first batch.
-    Team 1 fails with that batch counted, team 2 is restored on a new connection, the ledger holds the
-    true counts, and resuming the restore job finishes team 1."""
+    """Issue 11, fault 4 for restore: the restore's backends are terminated after team 1's first batch
+    committed, as its second is about to be locked. Team 1 fails with that batch counted, team 2 is
+    restored on a new connection, the ledger holds the true counts, and resuming the restore job
+    finishes team 1."""
     marker = tmp_path / "fault"
-    monkeypatch.setenv(faults.ENV_FAULT, "after_batch:1:pause")
+    monkeypatch.setenv(faults.ENV_FAULT, "before_lock:2:pause")  # team 1's second batch
     monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
 
     def terminate() -> None:
         deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
         with psycopg.connect(pg_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                committed = conn.execute(
+                    "SELECT count(*) FROM recon_outbox WHERE job_id = 'undo-lost'"
+                ).fetchone()[0]
+                if marker.exists() and committed >= 1:
+                    break
+                time.sleep(0.05)
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'person_property_restore'"
