@@ -2,12 +2,14 @@
 
 At the n-th time the process reaches `<point>` it dies on the spot (`os._exit`, no cleanup, no flush:
 like a kill -9), or with `:pause` it writes `$RECON_FAULT_FILE` and waits until that file is removed
-(so a test can act, e.g. stop the broker, at an exact moment). Points of `runner apply`:
+(so a test can act, e.g. stop the broker, at an exact moment). Points of the batch engine
+(`runner.engine`), so of `runner apply` and `runner restore` alike:
 
 - `before_commit`: a batch is written, not yet committed.
 - `after_commit`: a batch is committed, nothing of it published.
 - `mid_publish`: about to produce a message (counts messages).
-- `after_batch`: a batch is committed, published and marked published (between batches).
+- `after_batch`: a batch is committed, published and marked published (on the publishing thread, while
+  the next batches go on).
 - `before_lock`: a chunk's rows are about to be locked (the batch before it may still be committing).
 
 Unset in production: `point()` is then a dictionary lookup.
