@@ -342,6 +342,12 @@ def _connect(url: str, read_only: bool, exact: bool) -> psycopg.Connection:
     return conn
 
 
+def name_session(conn: psycopg.Connection, application_name: str) -> None:
+    """Name a `connect` connection's session other than apply's (restore: R13.3), for its whole life."""
+    conn.execute("SELECT set_config('application_name', %s, false)", (application_name,))
+    conn.commit()
+
+
 def connect_reader(url: str, application_name: str, *, exact: bool = False) -> psycopg.Connection:
     """An autocommit connection for reads outside the batches' transactions (restore's backup pages,
     read ahead on a thread of their own); jsonb decoded as `connect` does."""

@@ -451,8 +451,7 @@ class RestoreJob:
 
     def connect(self) -> psycopg.Connection:
         conn = persons.connect(self.pg_url, read_only=self.dry_run, exact=True)
-        conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
-        conn.commit()
+        persons.name_session(conn, APPLICATION_NAME)
         return conn
 
     def _reader_conn(self, *, fresh: bool = False) -> psycopg.Connection:
