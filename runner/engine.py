@@ -429,6 +429,12 @@ class Engine:
                 pass
             if conn.broken or conn.closed:
                 conn.close()  # reopened when the next team starts (_ensure_conns)
+        if any(conn.closed for conn in conns):
+            # What ended this connection (a restart, a failover, terminated backends) may have ended the
+            # idle one too, unnoticed until its next statement would fail the next team: start afresh.
+            for conn in self.conns:
+                if self._flight is None or self._flight.conn is not conn:
+                    conn.close()
         for held in state.retry:  # never written: their lines come out as team_failed too
             self.sink.stage(held)
         state.team.outcomes[TEAM_FAILED] += state.staged_count + len(state.retry)
