@@ -288,15 +288,17 @@ def check_restore_job_id(conn: psycopg.Connection, cfg: RestoreConfig) -> None:
 
 def team_counters(team: TeamRestore, job_name: str = JOB_NAME) -> list[metrics.Counter]:
     """R13.6/R13.7, one team = one task (`chunk_id` = `team_<id>`): processed and duration always,
-    restored and skipped after success, an error counter after failure."""
+    restored and skipped after success, an error counter after failure. An `incomplete` team ran to its
+    end with some persons not restored: its restored and skipped persons are counted (they are
+    committed) and so is the error."""
     labels = {"job_name": job_name, "chunk_id": metrics.chunk_id([team.team_id])}
     values: list[tuple[str, float, dict[str, str]]] = [
         ("persons_processed_total", team.processed, {}),
         ("duration_seconds_total", team.duration_seconds, {}),
     ]
-    if team.status == ledger.SUCCEEDED:
+    if team.status in (ledger.SUCCEEDED, ledger.INCOMPLETE):
         values += [("persons_restored_total", team.restored, {}), ("persons_skipped_total", team.skipped, {})]
-    else:
+    if team.status != ledger.SUCCEEDED:
         values.append(("error", 1, {"reason": "error"}))
     return [metrics.Counter(METRIC_PREFIX + name, {**labels, **extra}, float(v)) for name, v, extra in values]
 

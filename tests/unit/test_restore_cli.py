@@ -86,6 +86,11 @@ def test_metrics_of_a_team_follow_r13_7():
         "person_property_restore_error",
     }
     assert failed["person_property_restore_error"] == {**labels, "reason": "error"}
+    # An incomplete team's committed work counts, and so does its error.
+    incomplete = {c.name: c.increment for c in team_counters(team("incomplete", restored=3, skipped=1))}
+    assert incomplete["person_property_restore_persons_restored_total"] == 3.0
+    assert incomplete["person_property_restore_persons_skipped_total"] == 1.0
+    assert incomplete["person_property_restore_error"] == 1.0
 
 
 def test_output_shapes():
