@@ -48,27 +48,47 @@ def terminate_backends_at_pause(marker: Path, pg_url: str, committed_rows: int) 
     return thread
 
 
+def seed_teams(env, teams: dict[int, list]) -> None:
+    """Each team's persons at version 2 with plan free in both stores, and a diff setting plan paid."""
+    for team_id, uuids in teams.items():
+        insert_ch_persons(env["ch"], [(team_id, u, {"plan": "free"}, 2) for u in uuids])
+        for u in uuids:
+            insert_pg_person(env["pg"], team_id, u, {"plan": "free"}, 2)
+        insert_diffs(env["ch"], [Diff(team_id, u, 2, set={"plan": ('"paid"', TS)}) for u in uuids])
+    insert_summary(env["ch"], {team_id: len(uuids) for team_id, uuids in teams.items()})
+
+
+def run_with_backends_terminated(run_apply, pg_url, tmp_path, monkeypatch, fault, committed_rows, *args):
+    """Run apply; at the fault point (once `committed_rows` are committed) its backends are terminated."""
+    marker = tmp_path / "fault"
+    monkeypatch.setenv(faults.ENV_FAULT, fault)
+    monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
+    actor = terminate_backends_at_pause(marker, pg_url, committed_rows=committed_rows)
+    run = run_apply(*args, "--output", "json")
+    actor.join(5)
+    monkeypatch.delenv(faults.ENV_FAULT)
+    return run
+
+
 def test_a_connection_lost_while_idle_does_not_fail_the_next_team(
     env, run_apply, pg_rows, pg_url, tmp_path, monkeypatch
 ):
     """Each team fits one batch, so team 1 works on one of the two apply connections while the other
     waits idle. Both backends are terminated during team 1: team 1 fails; team 2, which would have
     started on the idle (dead) connection, is applied on a fresh one, as is team 3."""
-    teams = {team_id: [new_uuid(300 + 10 * team_id + i) for i in range(2)] for team_id in (1, 2, 3)}
-    for team_id, uuids in teams.items():
-        insert_ch_persons(env["ch"], [(team_id, u, {"plan": "free"}, 2) for u in uuids])
-        for u in uuids:
-            insert_pg_person(env["pg"], team_id, u, {"plan": "free"}, 2)
-        insert_diffs(env["ch"], [Diff(team_id, u, 2, set={"plan": ('"paid"', TS)}) for u in uuids])
-    insert_summary(env["ch"], {1: 2, 2: 2, 3: 2})
-
-    marker = tmp_path / "fault"
-    monkeypatch.setenv(faults.ENV_FAULT, "before_lock:1:pause")  # team 1's only batch
-    monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
-    actor = terminate_backends_at_pause(marker, pg_url, committed_rows=0)
-    run = run_apply("--job-id", "job-idle-lost", "--batch-size", "10", "--output", "json")
-    actor.join(5)
-    monkeypatch.delenv(faults.ENV_FAULT)
+    seed_teams(env, {team_id: [new_uuid(300 + 10 * team_id + i) for i in range(2)] for team_id in (1, 2, 3)})
+    run = run_with_backends_terminated(
+        run_apply,
+        pg_url,
+        tmp_path,
+        monkeypatch,
+        "before_lock:1:pause",  # team 1's only batch
+        0,
+        "--job-id",
+        "job-idle-lost",
+        "--batch-size",
+        "10",
+    )
 
     assert run.exit_code == 1, run.stdout + run.stderr
     status = {t["team_id"]: (t["status"], t["updated"]) for t in run.summary()["teams"]}
@@ -80,20 +100,19 @@ def test_lost_connection_fails_the_team_with_true_counts_and_the_run_goes_on(
 ):
     team1 = [new_uuid(100 + i) for i in range(4)]
     team2 = [new_uuid(200 + i) for i in range(2)]
-    for team_id, uuids in ((1, team1), (2, team2)):
-        insert_ch_persons(env["ch"], [(team_id, u, {"plan": "free"}, 2) for u in uuids])
-        for u in uuids:
-            insert_pg_person(env["pg"], team_id, u, {"plan": "free"}, 2)
-        insert_diffs(env["ch"], [Diff(team_id, u, 2, set={"plan": ('"paid"', TS)}) for u in uuids])
-    insert_summary(env["ch"], {1: 4, 2: 2})
-
-    marker = tmp_path / "fault"
-    monkeypatch.setenv(faults.ENV_FAULT, "before_lock:2:pause")  # team 1's second batch
-    monkeypatch.setenv(faults.ENV_FAULT_FILE, str(marker))
-    actor = terminate_backends_at_pause(marker, pg_url, committed_rows=2)
-    run = run_apply("--job-id", "job-lost", "--batch-size", "2", "--output", "json")
-    actor.join(5)
-    monkeypatch.delenv(faults.ENV_FAULT)
+    seed_teams(env, {1: team1, 2: team2})
+    run = run_with_backends_terminated(
+        run_apply,
+        pg_url,
+        tmp_path,
+        monkeypatch,
+        "before_lock:2:pause",  # team 1's second batch
+        2,
+        "--job-id",
+        "job-lost",
+        "--batch-size",
+        "2",
+    )
 
     assert run.exit_code == 1, run.stdout + run.stderr
     teams = {t["team_id"]: t for t in run.summary()["teams"]}
