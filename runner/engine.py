@@ -612,7 +612,8 @@ class Engine:
             for r in results:
                 uuid = r.person_uuid
                 if uuid in lost:
-                    self.log.warning("Person %s of team %d: its row changed since it was read", uuid, team_id)
+                    log_lost = self.log.warning if final else self.log.info
+                    log_lost("Person %s of team %d: its row changed since it was read", uuid, team_id)
                     r.outcome, r.reason = VERSION_CONFLICT, CHANGED_UNDER_WRITE
                     r.properties_after = r.version_after = None
                 elif uuid in written.invalid:
@@ -659,8 +660,14 @@ class Engine:
                 result, write = job.decide(item, rows[uuid], prefetched)
                 if write is not None:
                     writes.append(write)
-            if result.outcome in (NOT_FOUND, VERSION_CONFLICT):
+            if result.outcome == NOT_FOUND:
                 self.log.warning("Person %s of team %d: %s", job.describe(item), team_id, result.outcome)
+            elif result.outcome == VERSION_CONFLICT:  # a warning only if the end-of-team retry fails too
+                self.log.info(
+                    "Person %s of team %d: row held; retried at the end of the team",
+                    job.describe(item),
+                    team_id,
+                )
             results.append(result)
         return results, writes
 
@@ -728,7 +735,9 @@ class Engine:
             if uuid in held:
                 reason = HELD_PAST_LOCK_TIMEOUT
                 results.append(job.unsettled(item, VERSION_CONFLICT, reason))
-                self.log.warning("Person %s of team %d: %s", job.describe(item), team_id, reason)
+                self.log.warning(
+                    "Person %s of team %d: %s (%s)", job.describe(item), team_id, VERSION_CONFLICT, reason
+                )
             elif uuid not in rows:
                 results.append(job.unsettled(item, NOT_FOUND))
             else:
