@@ -25,7 +25,7 @@
     {{ recon_replay_decisions(last_set=prefix ~ 'last_set', first_set_once=prefix ~ 'first_set_once',
                               last_unset_at=prefix ~ 'last_unset_at', first_after=first_after) }}
   {%- else -%}
-    {{ recon_key_decisions(key='key', last_set=prefix ~ 'last_set', first_set_once=prefix ~ 'first_set_once',
+    {{ recon_key_decisions(last_set=prefix ~ 'last_set', first_set_once=prefix ~ 'first_set_once',
                            last_unset_at=prefix ~ 'last_unset_at') }}
   {%- endif -%}
 {%- endmacro %}
@@ -47,11 +47,8 @@
   A value from a SET goes to the SET entries; from a SET_ONCE to the SET_ONCE entries when the key is
   absent now, else to the SET entries (it must overwrite the present value).
 -#}
-{% macro recon_replay_decisions(key='key', last_set='last_set', first_set_once='first_set_once', last_unset_at='last_unset_at',
-                                first_after='first_set_once_after_unset', state_keys='state_keys', state_values='state_values') -%}
-    indexOf({{ state_keys }}, {{ key }}) as state_index,
-    state_index > 0 as in_state,
-    if(in_state, arrayElement({{ state_values }}, state_index), '') as state_value,
+{% macro recon_replay_decisions(last_set='last_set', first_set_once='first_set_once', last_unset_at='last_unset_at',
+                                first_after='first_set_once_after_unset') -%}
     {{ last_unset_at }} is not null
         and ({{ last_set }} is null or assumeNotNull({{ last_unset_at }}) >= tupleElement(assumeNotNull({{ last_set }}), 1))
         as ends_unset,

@@ -141,14 +141,11 @@
     last_set        Nullable(Tuple(at, event_uuid, position, value))  latest SET (R5.7, tie-break R5.9)
     first_set_once  Nullable(Tuple(at, event_uuid, position, value))  earliest SET_ONCE
     last_unset_at   Nullable(DateTime64)                               latest UNSET
-    state_keys, state_values                                           current CH state (R2.2, R6.3)
+    in_state, state_value (columns)   whether the current CH state has the key, and its raw value
+                                      ('' when absent) (R2.2, R6.3)
   Emits the columns in_set, in_set_once, in_unset (R6.4) and keep_set, keep_set_once, keep_unset (after R7).
 -#}
-{% macro recon_key_decisions(key='key', last_set='last_set', first_set_once='first_set_once', last_unset_at='last_unset_at',
-                             state_keys='state_keys', state_values='state_values') -%}
-    indexOf({{ state_keys }}, {{ key }}) as state_index,
-    state_index > 0 as in_state,
-    if(in_state, arrayElement({{ state_values }}, state_index), '') as state_value,
+{% macro recon_key_decisions(last_set='last_set', first_set_once='first_set_once', last_unset_at='last_unset_at') -%}
     tupleElement(assumeNotNull({{ last_set }}), 1) as set_at,
     tupleElement(assumeNotNull({{ last_set }}), 4) as set_value,
     tupleElement(assumeNotNull({{ first_set_once }}), 1) as set_once_at,

@@ -113,25 +113,62 @@ persons as (
         team_id,
         person_id,
         baseline_version,
-        state_keys,
-        state_values,
         toUInt8(1) as is_live
     from {{ ref('stg_posthog__persons') }}
     where {{ recon_in_scope('team_id', 'person_id') }}
 ),
 
+-- the current state one row per (person, key) (R6.3: with duplicate keys the first one counts, like
+-- indexOf), joined to the operations by key: each operation row gets its own key's value only,
+-- instead of a copy of the person's whole state to search
+person_state as (
+    select
+        team_id as state_team_id,
+        person_id as state_person_id,
+        arrayElement(state_keys, state_position) as state_key,
+        arrayElement(state_values, state_position) as state_raw_value,
+        toUInt8(1) as state_found
+    from (
+        select
+            team_id,
+            person_id,
+            state_keys,
+            state_values,
+            arrayJoin(arrayEnumerate(state_keys)) as state_position
+        from {{ ref('stg_posthog__persons') }}
+        where {{ recon_in_scope('team_id', 'person_id') }}
+    )
+    where indexOf(state_keys, state_key) = state_position
+),
+
 with_state as (
     select
-        operations.*,
+        operations.team_id as team_id,
+        operations.person_id as person_id,
+        operations.key as key,
+        {%- for s in recon_op_states() %}
+        operations.{{ s.name }} as {{ s.name }},
+        {%- endfor %}
+        {%- if windowed %}
+        {%- for s in recon_op_states() %}
+        operations.window_{{ s.name }} as window_{{ s.name }},
+        {%- endfor %}
+        {%- endif %}
         persons.baseline_version as baseline_version,
-        persons.state_keys as state_keys,
-        persons.state_values as state_values,
-        persons.is_live as is_live
+        persons.is_live as is_live,
+        -- R6.4: presence counts a JSON null value as present
+        person_state.state_found = 1 as in_state,
+        person_state.state_raw_value as state_value
     from operations
     -- persons absent from ClickHouse or deleted there get the defaults: is_live = 0 (gotcha 11)
     left join persons
         on operations.team_id = persons.team_id
             and operations.person_id = persons.person_id
+    -- keys absent from the state get the defaults: in_state = false, state_value = ''
+    left join person_state
+        on operations.team_id = person_state.state_team_id
+            and operations.person_id = person_state.state_person_id
+            and operations.key = person_state.state_key
 ),
 {% if replay %}
 -- semantics replay (macros/recon_replay.sql): the keys whose replay ends with an UNSET followed by a
@@ -246,8 +283,8 @@ window_checked as (
         person_id,
         key,
         baseline_version,
-        state_keys,
-        state_values,
+        in_state,
+        state_value,
         is_live,
         window_diff,
         {{- ' first_set_once_after_unset,' if replay }}

@@ -51,8 +51,8 @@ def recon_keep_other_teams(columns: str, added: dict | None = None) -> str:
 
 def recon_key_decisions(**_: str) -> str:
     return (
-        "indexOf(state_keys, key) as state_index,\n        state_index > 0 as in_state,\n"
-        "        state_index > 0 as keep_set"
+        "in_state and state_value != '' as in_set,\n"
+        "        in_state as keep_set"
     )
 
 
