@@ -125,20 +125,21 @@ person_state as (
     select
         team_id as state_team_id,
         person_id as state_person_id,
-        arrayElement(state_keys, state_position) as state_key,
-        arrayElement(state_values, state_position) as state_raw_value,
+        tupleElement(member, 1) as state_key,
+        tupleElement(member, 2) as state_raw_value,
         toUInt8(1) as state_found
     from (
         select
             team_id,
             person_id,
-            state_keys,
-            state_values,
-            arrayJoin(arrayEnumerate(state_keys)) as state_position
+            arrayJoin(arrayFilter(
+                (member, position) -> indexOf(state_keys, tupleElement(member, 1)) = position,
+                arrayZip(state_keys, state_values),
+                arrayEnumerate(state_keys)
+            )) as member
         from {{ ref('stg_posthog__persons') }}
         where {{ recon_in_scope('team_id', 'person_id') }}
     )
-    where indexOf(state_keys, state_key) = state_position
 ),
 
 with_state as (
