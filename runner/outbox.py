@@ -98,12 +98,7 @@ def quarantine_note(job_id: str, count: int) -> str:
 
 def job_quarantined(conn: psycopg.Connection, job_id: str) -> int:
     """How many messages of a job are quarantined; logs a warning naming the command to see them."""
-    row = conn.execute(
-        "SELECT count(*) FROM recon_outbox WHERE job_id = %s AND quarantined_at IS NOT NULL "
-        "AND discarded_at IS NULL",
-        (job_id,),
-    ).fetchone()
-    count = int(row[0]) if row else 0
+    count = jobs_quarantined(conn, [job_id]).get(job_id, 0)
     if count:
         log.warning("%s", quarantine_note(job_id, count))
     return count
