@@ -28,3 +28,15 @@ multiIf(
     {{ value }}
 )
 {%- endmacro %}
+
+{#- An object's members as JSONExtractKeysAndValuesRaw gives them, big integers unquoted when `enabled`. -#}
+{% macro recon_members(object_json, source, enabled) -%}
+if(
+    {{ enabled }},
+    arrayMap(
+        member -> tuple(member.1, {{ recon_unquote_big_integers('member.2', source) }}),
+        JSONExtractKeysAndValuesRaw({{ object_json }})
+    ),
+    JSONExtractKeysAndValuesRaw({{ object_json }})
+)
+{%- endmacro %}

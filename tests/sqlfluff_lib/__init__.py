@@ -162,3 +162,8 @@ def recon_has_long_digits(text: str) -> str:
 
 def recon_unquote_big_integers(value: str, source: str) -> str:
     return f"if(match({source}, '[0-9]'), {value}, {value})"
+
+
+def recon_members(object_json: str, source: str, enabled: str) -> str:
+    members = f"JSONExtractKeysAndValuesRaw({object_json})"
+    return f"if({enabled}, {members}, {members})"

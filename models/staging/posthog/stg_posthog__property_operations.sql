@@ -52,22 +52,8 @@ extracted as (
     select
         events_in_scope.*,
         {{ recon_has_long_digits('set_json') }} or {{ recon_has_long_digits('set_once_json') }} as has_long_digits,
-        if(
-            has_long_digits,
-            arrayMap(
-                member -> tuple(member.1, {{ recon_unquote_big_integers('member.2', 'properties') }}),
-                JSONExtractKeysAndValuesRaw(set_json)
-            ),
-            JSONExtractKeysAndValuesRaw(set_json)
-        ) as set_members,
-        if(
-            has_long_digits,
-            arrayMap(
-                member -> tuple(member.1, {{ recon_unquote_big_integers('member.2', 'properties') }}),
-                JSONExtractKeysAndValuesRaw(set_once_json)
-            ),
-            JSONExtractKeysAndValuesRaw(set_once_json)
-        ) as set_once_members,
+        {{ recon_members('set_json', 'properties', 'has_long_digits') }} as set_members,
+        {{ recon_members('set_once_json', 'properties', 'has_long_digits') }} as set_once_members,
         JSONExtractArrayRaw(unset_json) as unset_elements,
         arrayFilter(
             operation -> operation.3 != 'null' and not has({{ recon_blocklist_sql() }}, operation.2),  -- noqa: ST10
