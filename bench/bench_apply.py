@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
 def seed_clickhouse(persons: int, baseline_persons: int) -> None:
     from apply_support import ensure_tables
 
-    from runner import warehouse
+    from runner.stores import warehouse
 
     client = warehouse.client()
     ensure_tables(client)
@@ -153,8 +153,9 @@ def run_baseline(topic: str) -> None:
     import psycopg
     from confluent_kafka import Producer
 
-    from runner import diffs, settings, warehouse
-    from runner.merge import kafka_created_at, kafka_message, pending_operations_json, simple_merge
+    from runner.config import settings
+    from runner.rules.merge import kafka_created_at, kafka_message, pending_operations_json, simple_merge
+    from runner.stores import diffs, warehouse
 
     client = warehouse.client()
     pg_url = settings.persons_db_url()

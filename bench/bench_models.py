@@ -76,13 +76,13 @@ def main() -> int:
     os.environ.setdefault("RECON_PROJECT_DIR", str(PROJECT))
     sys.path.insert(0, str(PROJECT))
 
-    from runner import warehouse
     from runner.local import seed as seed_module
+    from runner.stores import warehouse
 
     client = warehouse.client()
     target_path = workdir / "dbt-target"
     # load dbt, the adapter and the project once, so that the first timed run does not pay for it
-    from runner.dbt_cli import run_dbt
+    from runner.jobs.dbt import run_dbt
 
     run_dbt("parse", None, ["--target-path", str(target_path), "-q"])
     results: list[dict[str, Any]] = []
@@ -121,7 +121,7 @@ def main() -> int:
 
 def dbt_run(dbt_vars: dict[str, Any], target_path: Path) -> tuple[float, float, dict[str, float]]:
     """In-process `dbt run`: (wall seconds, models' seconds, per-model seconds)."""
-    from runner.dbt_cli import run_dbt
+    from runner.jobs.dbt import run_dbt
 
     started = time.perf_counter()
     result = run_dbt(

@@ -86,7 +86,7 @@
   Whether two raw JSON texts (ClickHouse's re-serialisation, as SET values and state values are stored)
   hold different JSON VALUES. Deliberate difference from the original, which compared raw texts in the
   single pass (R6.4, R6.6) and decoded values with Python equality in windowed mode (R8.6): recon uses one
-  rule in both modes, the one the runner applies with (runner/merge.py json_equal):
+  rule in both modes, the one the runner applies with (runner/rules/merge.py json_equal):
     - object member order never matters (after a repair the state comes back from Postgres jsonb with
       its keys reordered; a raw-text comparison would find the same difference forever);
     - string escapes never matter and numbers compare by value (1 = 1.0 = 1e0); ClickHouse's raw texts

@@ -5,7 +5,7 @@ differences remain; for `apply`/`restore`/`outbox`, messages remain quarantined 
 unexpected error (one line; `--debug` shows the traceback); 2 bad usage or configuration, nothing
 written.
 
-Everything the process prints goes through `runner.redact` (passwords masked), and every command that
+Everything the process prints goes through `runner.config.redact` (passwords masked), and every command that
 uses the stores first prints on stderr which Postgres, Kafka and ClickHouse they are.
 """
 
@@ -18,8 +18,9 @@ import sys
 
 import click
 
-from runner import __version__, redact, settings
-from runner.settings import ConfigError
+from runner import __version__
+from runner.config import redact, settings
+from runner.config.settings import ConfigError
 
 ENV_DEBUG = "RECON_DEBUG"
 
@@ -30,14 +31,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("runner.local.stack", "stack"),  # local only
     "warehouse": ("runner.local.warehouse_cli", "warehouse"),  # local only
     "demo": ("runner.local.seed", "demo"),  # local only
-    "db": ("runner.pg_schema", "db"),
-    "models": ("runner.dbt_cli", "models"),
-    "apply": ("runner.apply_cli", "apply"),
-    "verify": ("runner.verify", "verify"),
-    "restore": ("runner.restore_cli", "restore"),
-    "schedule": ("runner.schedule", "schedule"),
-    "report": ("runner.report", "report"),
-    "outbox": ("runner.outbox_cli", "outbox_group"),
+    "db": ("runner.commands.db", "db"),
+    "models": ("runner.commands.models", "models"),
+    "apply": ("runner.commands.apply", "apply"),
+    "verify": ("runner.commands.verify", "verify"),
+    "restore": ("runner.commands.restore", "restore"),
+    "schedule": ("runner.commands.schedule", "schedule"),
+    "report": ("runner.commands.report", "report"),
+    "outbox": ("runner.commands.outbox", "outbox_group"),
 }
 # Commands that print their targets themselves (`schedule`: the Postgres variable is in its config) or
 # use none (`stack`).

@@ -6,7 +6,7 @@ must use another path (see `fresh_chdb_path`).
 
 The real local stack (throwaway Postgres + Tansu broker, `runner.local.stack`) starts once per session in
 the session state directory, on first use of `stack` (or of `pg_url`, `kafka_bootstrap`, `pg_conn`,
-`clean_pg`), and stops at the end. `runner.settings` finds it through that directory's `stack.json`,
+`clean_pg`), and stops at the end. `runner.config.settings` finds it through that directory's `stack.json`,
 so code under test needs no environment variables. Kafka helpers are in `kafka_util.py`
 (`from kafka_util import read_topic`).
 """

@@ -2,7 +2,7 @@
 reading the source tables back as oracle inputs, and reading the diff tables in a comparable form.
 
 chDB allows one process per engine path, so everything runs in the pytest process on the session's
-engine path (tests/conftest.py), with dbt invoked in-process (`runner.dbt_cli.run_dbt`). Each test
+engine path (tests/conftest.py), with dbt invoked in-process (`runner.jobs.dbt.run_dbt`). Each test
 module uses its own source database and target schema so that other tests' tables are never touched.
 """
 
@@ -44,7 +44,7 @@ class ModelsEnv:
 
     @property
     def client(self) -> Any:
-        from runner import warehouse
+        from runner.stores import warehouse
 
         return warehouse.client()
 
@@ -79,7 +79,7 @@ class ModelsEnv:
 
     def dbt(self, command: str, dbt_vars: dict[str, Any] | None = None, extra: Sequence[str] = ()) -> Any:
         """`dbt <command>` in this process against this env's schema and source database."""
-        from runner.dbt_cli import run_dbt
+        from runner.jobs.dbt import run_dbt
 
         full_vars = {"source_database": self.source_database, **(dbt_vars or {})}
         args = ["--target-path", str(self.target_path), *extra]
@@ -92,7 +92,7 @@ class ModelsEnv:
 
         from dbt.cli.main import dbtRunner
 
-        from runner.dbt_cli import dbt_args
+        from runner.jobs.dbt import dbt_args
 
         errors: list[str] = []
 

@@ -26,7 +26,7 @@ Where the spec leaves a choice to ClickHouse it is modelled here explicitly:
 
 SET comparison: a deliberate difference from the original, which compared raw texts in the single pass
 (R6.4, R6.6) and decoded values with Python equality in windowed mode (R8.6, where `true == 1`). recon
-compares JSON VALUES in both modes, with the runner's apply-time equality (`runner.merge.json_equal`):
+compares JSON VALUES in both modes, with the runner's apply-time equality (`runner.rules.merge.json_equal`):
 object member order and string escapes never matter, numbers compare by value (`1 == 1.0`), booleans
 never equal numbers. Without it, a repaired person (whose state comes back from Postgres jsonb with its
 keys reordered) would show the same difference forever. Quirks of the models' canonicalisation
@@ -56,7 +56,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from runner.merge import json_equal
+from runner.rules.merge import json_equal
 
 BLOCKLIST = frozenset(
     """
@@ -202,7 +202,7 @@ def _plain(value: Any) -> Any:
 
 def values_differ(left: str, right: str) -> bool:
     """The SET comparison of R6.4 as recon decides it (module docstring): different JSON values, by
-    `runner.merge.json_equal`; a value with duplicate keys compares by its raw text."""
+    `runner.rules.merge.json_equal`; a value with duplicate keys compares by its raw text."""
     if left == right:
         return False
     a, b = parse_json(left), parse_json(right)

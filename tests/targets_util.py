@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from runner import settings
+from runner.config import settings
 
 
 def use_targets(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from runner import settings
+from runner.config import settings
 
 
 def is_loopback(host: str | None) -> bool:

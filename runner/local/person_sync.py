@@ -21,7 +21,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from runner.warehouse import ident
+from runner.stores.warehouse import ident
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ from typing import Any
 
 import click
 
-from runner import settings
+from runner.config import settings
 from runner.local import guard
 
 log = logging.getLogger(__name__)
@@ -984,8 +984,8 @@ _INSERT_SETTINGS = {"optimize_on_insert": 0, "date_time_input_format": "basic"}
 
 def prepare_clickhouse(cli: Any, database: str, reset: bool = True) -> None:
     """Create the source tables if needed; with `reset`, empty them."""
-    from runner import warehouse
     from runner.local import sources
+    from runner.stores import warehouse
 
     sources.init_sources(cli, database)
     if reset:
@@ -1059,8 +1059,8 @@ class _EventInserter:
 
 
 def write_postgres(dataset: Dataset, url: str, reset: bool = True) -> None:
-    from runner import pg_schema
     from runner.local import sources
+    from runner.stores import pg_schema
 
     sources.init_posthog_person(url)
     with pg_schema.connect(url) as conn:
@@ -1140,7 +1140,7 @@ def seed(
     `PERSONS_DB_WRITER_URL` or the local stack. Both must be local (embedded ClickHouse or loopback
     hosts) unless `allow_remote`: seeding empties PostHog's tables.
     """
-    from runner import warehouse
+    from runner.stores import warehouse
 
     config = SeedConfig(
         teams=teams,
@@ -1202,8 +1202,8 @@ def seed(
 
 def clickhouse_fingerprint(cli: Any, database: str | None = None) -> dict[str, tuple[int, int]]:
     """(row count, XOR of row hashes) per source table: equal for identical contents, any row order."""
-    from runner import warehouse
     from runner.local import sources
+    from runner.stores import warehouse
 
     db = warehouse.ident(database or settings.source_database())
     result = {}
@@ -1217,7 +1217,7 @@ def clickhouse_fingerprint(cli: Any, database: str | None = None) -> dict[str, t
 
 def postgres_fingerprint(url: str) -> tuple[int, str]:
     """(row count, md5 over the ordered rows) of posthog_person."""
-    from runner import pg_schema
+    from runner.stores import pg_schema
 
     with pg_schema.connect(url) as conn:
         conn.execute("SET TIME ZONE 'UTC'")

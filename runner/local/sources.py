@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
-from runner import pg_schema, settings
-from runner.warehouse import client, ident
+from runner.config import settings
+from runner.stores import pg_schema
+from runner.stores.warehouse import client, ident
 
 POSTHOG_PERSON_DDL = """
 CREATE TABLE IF NOT EXISTS posthog_person (

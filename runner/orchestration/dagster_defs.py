@@ -50,8 +50,9 @@ from dagster import (
     sensor,
 )
 
-from runner import diffs, scheduling, settings, warehouse
-from runner.chunk_run import (
+from runner.config import settings
+from runner.config.settings import ConfigError
+from runner.jobs.chunk_run import (
     SUCCEEDED,
     Built,
     DbtInvoker,
@@ -64,9 +65,10 @@ from runner.chunk_run import (
     finish_run,
     ledger_config,
 )
-from runner.metrics import JOB_NAME
-from runner.scheduling import Chunk, ScheduleConfig
-from runner.settings import ConfigError
+from runner.rules import scheduling
+from runner.rules.scheduling import Chunk, ScheduleConfig
+from runner.stores import diffs, warehouse
+from runner.stores.metrics import JOB_NAME
 
 DBT_POOL = "recon_dbt"
 ACTIVE_STATUSES = [

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from click.testing import CliRunner
 
-from runner import faults
 from runner.cli import main
+from runner.config import faults
 from runner.local import seed
 
 W0 = seed.DEFAULT_BUG_WINDOW_START
@@ -38,7 +38,7 @@ def reset_models(client: Any) -> None:
 
 
 def seed_data(pg_url: str, **overrides: Any) -> seed.SeedResult:
-    from runner import warehouse
+    from runner.stores import warehouse
 
     reset_models(warehouse.client())
     return seed.seed(**{**SEED, **overrides}, pg_url=pg_url)

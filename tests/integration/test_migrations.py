@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from runner import pg_schema
 from runner.cli import main
 from runner.local import sources
+from runner.stores import pg_schema
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The dbt models against the independent Python implementation of the rules (tests/reference_rules.py).
 
-dbt runs in this process (`runner.dbt_cli.run_dbt`) on the session's embedded ClickHouse, in a source
+dbt runs in this process (`runner.jobs.dbt.run_dbt`) on the session's embedded ClickHouse, in a source
 database and target schema of this module's own. dbt invocations cost seconds each, so scenarios
 are grouped into few runs:
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import models_harness as mh
 import pytest
 
-from runner.dbt_cli import DbtFailed
+from runner.jobs.dbt import DbtFailed
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import settings
 from runner.cli import COMMANDS
+from runner.config import settings
 
 pytestmark = pytest.mark.integration
 

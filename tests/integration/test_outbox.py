@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 from kafka_util import read_topic_json
 
-from runner import faults
 from runner.cli import main
+from runner.config import faults
 
 pytestmark = pytest.mark.integration
 
@@ -306,8 +306,8 @@ def test_broker_down_leaves_messages_pending_never_quarantined(env, pg_rows, pg_
     the next run, nothing is quarantined, and the drain reports it as a publish failure."""
     import psycopg
 
-    from runner import settings
-    from runner.publisher import Publisher, PublishError, drain
+    from runner.config import settings
+    from runner.stores.publisher import Publisher, PublishError, drain
 
     left = support.new_uuid(998)
     env["pg"].execute(

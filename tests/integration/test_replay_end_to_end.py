@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from schedule_support import WINDOW, runner, seed_data
 
-from runner import settings, warehouse
-from runner.dbt_cli import run_dbt
+from runner.config import settings
+from runner.jobs.dbt import run_dbt
+from runner.stores import warehouse
 
 pytestmark = pytest.mark.integration
 

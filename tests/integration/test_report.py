@@ -11,7 +11,8 @@ import pytest
 from schedule_support import runner
 from targets_util import use_targets
 
-from runner import ledger, scheduling
+from runner.rules import scheduling
+from runner.stores import ledger
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 from kafka_util import read_topic, read_topic_json
 
-from runner import faults
 from runner.cli import main
+from runner.config import faults
 
 pytestmark = pytest.mark.integration
 

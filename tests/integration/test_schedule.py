@@ -11,8 +11,8 @@ import pytest
 from schedule_support import WINDOW, ledger, runner, seed_data, write_config
 from targets_util import use_targets
 
-from runner import chunk_run
-from runner.dbt_cli import DbtFailed
+from runner.jobs import chunk_run
+from runner.jobs.dbt import DbtFailed
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from schedule_support import SEED, write_config
 
-from runner import faults, settings
+from runner.config import faults, settings
 
 pytestmark = pytest.mark.integration
 

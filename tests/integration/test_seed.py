@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from runner import warehouse
 from runner.local.seed import (
     apply_operations,
     clickhouse_fingerprint,
@@ -17,6 +16,7 @@ from runner.local.seed import (
     postgres_fingerprint,
     seed,
 )
+from runner.stores import warehouse
 
 pytestmark = pytest.mark.integration
 

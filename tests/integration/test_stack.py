@@ -14,8 +14,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_util import read_topic, read_topic_json
 
-from runner import settings
 from runner.cli import main
+from runner.config import settings
 from runner.local import stack as local_stack
 
 

@@ -1,4 +1,4 @@
-"""Apply's decision per person (`runner.apply_rules`): which merge, the outcome, the version rule and
+"""Apply's decision per person (`runner.rules.apply`): which merge, the outcome, the version rule and
 what is written. Pure: no stack needed."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from uuid import UUID
 
-from runner.apply_rules import (
+from runner.rules.apply import (
     NO_CHANGES,
     SUCCESS,
     already_applied,
@@ -15,9 +15,9 @@ from runner.apply_rules import (
     three_way_pairs,
     version_after,
 )
-from runner.engine_rules import NOT_FOUND
-from runner.merge import PersonDiff
-from runner.persons import AppliedByJob, PgPerson
+from runner.rules.engine import NOT_FOUND
+from runner.rules.merge import PersonDiff
+from runner.stores.persons import AppliedByJob, PgPerson
 
 P = UUID("0190f3a8-7c2e-7b4a-9c1d-2e3f4a5b6c7d")
 Q = UUID("0190f3a8-7c2e-7b4a-9c1d-2e3f4a5b6c7e")

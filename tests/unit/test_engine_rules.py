@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runner import ledger
-from runner.engine_rules import PERSON_FAILURES, finished_team_status
+from runner.rules.engine import PERSON_FAILURES, finished_team_status
+from runner.stores import ledger
 
 
 def test_a_team_without_person_failures_succeeded():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from runner import settings
 from runner.cli import main
+from runner.config import settings
 from runner.local import guard
 
 REMOTE = {

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import pytest
 
-from runner.merge import (
+from runner.rules.merge import (
     BadDiffValue,
     PersonDiff,
     concurrently_changed_keys,
@@ -22,7 +22,7 @@ from runner.merge import (
     simple_merge,
     three_way_merge,
 )
-from runner.metrics import chunk_id
+from runner.rules.scheduling import chunk_id
 
 P = UUID("0190f3a8-7c2e-7b4a-9c1d-2e3f4a5b6c7d")
 # Timestamps travel as R9.7 texts.
@@ -344,7 +344,7 @@ def test_chunk_id():
 def test_json_loads_keeps_numbers_a_double_cannot_hold():
     from decimal import Decimal
 
-    from runner.merge import exact_float, json_equal, json_loads
+    from runner.rules.merge import exact_float, json_equal, json_loads
 
     value = json_loads(
         '{"p": 0.30000000000000000001, "h": 1e400, "t": 1e-400, "i": 123456789012345678901234567890}'
@@ -368,7 +368,7 @@ def test_json_loads_keeps_numbers_a_double_cannot_hold():
 
 
 def test_json_dumps_writes_exact_numbers_as_their_text():
-    from runner.merge import json_dumps, json_loads
+    from runner.rules.merge import json_dumps, json_loads
 
     text = '{"p": 0.30000000000000000001, "n": [1e400, {"x": 2}], "s": "Zo\\u00eb"}'
     assert json_loads(json_dumps(json_loads(text))) == json_loads(text)
@@ -376,7 +376,7 @@ def test_json_dumps_writes_exact_numbers_as_their_text():
 
 
 def test_unstorable_names_nul_characters_and_lone_surrogates():
-    from runner.merge import unstorable
+    from runner.rules.merge import unstorable
 
     ok = PersonDiff(1, P, 1, set={"a": ("x", T1)}, set_once={"b": ({"c": [1, "d"]}, T1)}, unset={"e": T1})
     assert unstorable(ok) is None
@@ -419,6 +419,6 @@ def test_dropped_keys_are_those_the_merge_does_not_write():
     ],
 )
 def test_risky_numbers_are_found_without_decoding(text, risky):
-    from runner.merge import _risky_number
+    from runner.rules.merge import _risky_number
 
     assert _risky_number(text) is risky

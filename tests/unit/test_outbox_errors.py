@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from runner import outbox
-from runner.publisher import Publisher, _Delivery, describe, is_permanent
+from runner.stores import outbox
+from runner.stores.publisher import Publisher, _Delivery, describe, is_permanent
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""`runner.pacing`: the rate limit across batches and the progress line, on a fake clock."""
+"""`runner.engine.pacing`: the rate limit across batches and the progress line, on a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.pacing import Pacer, Progress, Throttle
+from runner.engine.pacing import Pacer, Progress, Throttle
 
 
 class FakeClock:

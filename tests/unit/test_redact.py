@@ -1,10 +1,10 @@
-"""`runner.redact`: URLs, libpq keywords and the environment's secrets are masked in any text."""
+"""`runner.config.redact`: URLs, libpq keywords and the environment's secrets are masked in any text."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner import redact
+from runner.config import redact
 
 
 def test_urls_keywords_and_malformed_urls() -> None:

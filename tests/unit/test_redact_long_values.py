@@ -3,7 +3,7 @@ value made the URL pattern retry its scheme at every character (hours of CPU for
 
 from __future__ import annotations
 
-from runner import redact
+from runner.config import redact
 
 
 def test_a_megabyte_value_is_masked_and_its_urls_too():

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import main
-from runner.restore import (
+from runner.commands.restore import _team_table, person_line, summary_line
+from runner.jobs.restore import (
     BackupEntry,
     PersonRestore,
     RestoreConfig,
@@ -20,8 +21,7 @@ from runner.restore import (
     default_restore_job_id,
     team_counters,
 )
-from runner.restore_cli import _team_table, person_line, summary_line
-from runner.restore_rules import PersonState
+from runner.rules.restore import PersonState
 
 
 def test_every_option_shows_its_environment_variable():

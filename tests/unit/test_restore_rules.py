@@ -1,6 +1,6 @@
 import pytest
 
-from runner.restore_rules import (
+from runner.rules.restore import (
     PersonState,
     metadata_delta,
     restore_change,
@@ -132,7 +132,7 @@ def test_restore_operations_describe_the_restore_in_the_backup_shape():
 def test_metadata_delta_rebuilds_the_new_maps_the_way_the_write_does(current, new):
     updated_at_set, operation_set, removed = metadata_delta(current, new)
 
-    def write(now, to_set):  # (now - removed) || to_set, as runner.persons does in SQL
+    def write(now, to_set):  # (now - removed) || to_set, as runner.stores.persons does in SQL
         return {**{k: v for k, v in now.items() if k not in removed}, **to_set}
 
     assert write(current.last_updated_at, updated_at_set) == new.last_updated_at
@@ -151,7 +151,7 @@ def test_metadata_delta_of_a_restored_key_touches_only_that_key():
 def _entry(person_id=41, after=AFTER):
     from uuid import UUID
 
-    from runner.restore_rules import BackupEntry
+    from runner.rules.restore import BackupEntry
 
     return BackupEntry(1, person_id, UUID(int=7), BEFORE, after)
 
@@ -159,7 +159,7 @@ def _entry(person_id=41, after=AFTER):
 def _row(props, version, person_id=41):
     from uuid import UUID
 
-    from runner.persons import PgPerson
+    from runner.stores.persons import PgPerson
 
     return PgPerson(person_id, UUID(int=7), props, version, False, "2026-01-01 00:00:00.000000")
 
@@ -167,7 +167,7 @@ def _row(props, version, person_id=41):
 def test_decide_restores_the_before_state_with_the_next_version_and_its_own_backup():
     import json
 
-    from runner.restore_rules import RESTORED, decide
+    from runner.rules.restore import RESTORED, decide
 
     result, write = decide(
         "keep_newer",
@@ -190,7 +190,7 @@ def test_decide_restores_the_before_state_with_the_next_version_and_its_own_back
 
 
 def test_decide_null_version_counts_as_zero():
-    from runner.restore_rules import decide
+    from runner.rules.restore import decide
 
     result, _ = decide(
         "full_overwrite", _entry(), _row({"x": 1}, None), ({}, {}), dry_run=False, timestamp="t"
@@ -199,7 +199,7 @@ def test_decide_null_version_counts_as_zero():
 
 
 def test_decide_skips_a_person_already_at_the_before_state():
-    from runner.restore_rules import SKIPPED, decide
+    from runner.rules.restore import SKIPPED, decide
 
     result, write = decide(
         "restore_wins",
@@ -214,8 +214,8 @@ def test_decide_skips_a_person_already_at_the_before_state():
 
 
 def test_decide_another_person_under_the_same_uuid_is_not_found():
-    from runner.engine_rules import NOT_FOUND
-    from runner.restore_rules import decide
+    from runner.rules.engine import NOT_FOUND
+    from runner.rules.restore import decide
 
     result, write = decide(
         "keep_newer",
@@ -229,7 +229,7 @@ def test_decide_another_person_under_the_same_uuid_is_not_found():
 
 
 def test_decide_dry_run_reports_without_a_write():
-    from runner.restore_rules import RESTORED, decide
+    from runner.rules.restore import RESTORED, decide
 
     result, write = decide(
         "keep_newer", _entry(), _row(AFTER.properties, 4), ({}, {}), dry_run=True, timestamp="t"
@@ -240,8 +240,8 @@ def test_decide_dry_run_reports_without_a_write():
 def test_already_restored_reports_the_earlier_write():
     import json
 
-    from runner.persons import AppliedByJob
-    from runner.restore_rules import RESTORED, already_restored
+    from runner.rules.restore import RESTORED, already_restored
+    from runner.stores.persons import AppliedByJob
 
     payload = json.dumps({"properties": json.dumps({"plan": "pro"}), "version": 5})
     result = already_restored(_entry(), AppliedByJob(5, payload))
@@ -252,7 +252,7 @@ def test_already_restored_reports_the_earlier_write():
 def test_backup_entry_of_a_row_without_an_after_state():
     from uuid import UUID
 
-    from runner.restore_rules import BackupEntry
+    from runner.rules.restore import BackupEntry
 
     entry = BackupEntry.of_row(3, (41, UUID(int=7), {"a": 1}, None, {"a": "set"}, None, None, None))
     assert (entry.team_id, entry.person_id, entry.after) == (3, 41, None)

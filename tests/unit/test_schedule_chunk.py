@@ -1,4 +1,4 @@
-"""`runner.chunk_run.apply_chunk` without I/O: slices of teams_per_chunk, applied one at a time on the
+"""`runner.jobs.chunk_run.apply_chunk` without I/O: slices of teams_per_chunk, applied one at a time on the
 embedded engine and up to max_concurrent_tasks at once against a server; a failed build fails the
 chunk's known teams (list mode) or the chunk alone (range mode); a dry run records nothing."""
 
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from runner import chunk_run
-from runner.chunk_run import Built, Targets, TeamOutcome, apply_chunk
-from runner.diffs import TeamSummary
-from runner.scheduling import plan_chunks, validate
+from runner.jobs import chunk_run
+from runner.jobs.chunk_run import Built, Targets, TeamOutcome, apply_chunk
+from runner.rules.scheduling import plan_chunks, validate
+from runner.stores.diffs import TeamSummary
 
 W = {"bug_window_start": "2026-01-06 20:01:00", "bug_window_end": "2026-01-07 14:52:00"}
 

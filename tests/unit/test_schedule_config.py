@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import scheduling
-from runner.scheduling import Chunk, plan_chunks, plan_launch, task_slices, validate
-from runner.settings import ConfigError
+from runner.config.settings import ConfigError
+from runner.rules import scheduling
+from runner.rules.scheduling import Chunk, plan_chunks, plan_launch, task_slices, validate
 
 W = {"bug_window_start": "2026-01-06 20:01:00", "bug_window_end": "2026-01-07 14:52:00"}
 
@@ -304,7 +304,7 @@ def test_team_ids_from_the_reports_csv(tmp_path: Path, caplog):
     assert scheduling.read_team_ids_csv(path) == [12, 40]
     mixed = tmp_path / "all.csv"
     mixed.write_text("team_id,status\n5,succeeded\n6,failed\n")
-    with caplog.at_level(logging.WARNING, logger="runner.schedule"):
+    with caplog.at_level(logging.WARNING, logger="runner.commands.schedule"):
         assert scheduling.read_team_ids_csv(mixed) == [5, 6]
     assert "lists 1 teams that succeeded ([5])" in caplog.text
     plain = tmp_path / "plain.csv"

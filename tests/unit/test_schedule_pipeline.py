@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from runner.chunk_run import ChunkResult
-from runner.schedule import run_pipeline
-from runner.scheduling import Chunk
+from runner.commands.schedule import run_pipeline
+from runner.jobs.chunk_run import ChunkResult
+from runner.rules.scheduling import Chunk
 
 
 def chunks(n: int) -> list[Chunk]:

@@ -10,6 +10,7 @@ from functools import lru_cache
 import pytest
 from click.testing import CliRunner
 
+from runner.config.settings import ConfigError
 from runner.local import seed as seed_mod
 from runner.local.seed import (
     BLOCKLIST,
@@ -24,7 +25,6 @@ from runner.local.seed import (
     generate,
     operations_from_properties,
 )
-from runner.settings import ConfigError
 
 SMALL = SeedConfig(teams=4, persons=1500, events=15000, seed=7)
 

@@ -1,5 +1,6 @@
-"""`runner.settings`: production settings all together or none (then the local stack's stack.json and the
-embedded ClickHouse); malformed or partial settings are configuration errors with passwords masked."""
+"""`runner.config.settings`: production settings all together or none (then the local stack's
+stack.json and the embedded ClickHouse); malformed or partial settings are configuration errors with
+passwords masked."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import settings
+from runner.config import settings
 
 STACK = {
     "postgres": {"url": "postgresql://postgres@127.0.0.1:5999/posthog", "port": 5999},

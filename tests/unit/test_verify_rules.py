@@ -1,4 +1,4 @@
-"""`runner verify`'s classification (`runner.verify_rules`). Pure: no stack needed."""
+"""`runner verify`'s classification (`runner.rules.verify`). Pure: no stack needed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from uuid import UUID
 
 import pytest
 
-from runner.verify_rules import (
+from runner.rules.verify import (
     SAMPLE,
     Verdict,
     artifact_only,

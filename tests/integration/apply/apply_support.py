@@ -292,6 +292,6 @@ def seed_from_file(client: Any, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from runner import warehouse
+    from runner.stores import warehouse
 
     seed_from_file(warehouse.client(), Path(sys.argv[1]))

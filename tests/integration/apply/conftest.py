@@ -19,15 +19,15 @@ from apply_support import reset_tables
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from runner import faults, settings
 from runner.cli import main
+from runner.config import faults, settings
 
 PROJECT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def ch(recon_env: dict[str, str]) -> Any:
-    from runner import warehouse
+    from runner.stores import warehouse
 
     client = warehouse.client()
     reset_tables(client)

@@ -18,7 +18,7 @@ from apply_support import (
 )
 from kafka_util import read_topic_json
 
-from runner import faults
+from runner.config import faults
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def test_messages_past_the_memory_bound_are_read_back_from_the_outbox(
     """A batch whose messages are more than apply keeps in memory (here: 3) is published from its outbox
     rows after the commit; several written chunks (pages of 2) make one batch, each its own outbox
     batch, all marked published once confirmed."""
-    from runner import engine
+    from runner.engine import batch as engine
 
     monkeypatch.setattr(engine, "KEPT_MESSAGES", 3)
     uuids = seed_simple(env, 1, 7)

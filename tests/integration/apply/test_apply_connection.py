@@ -20,7 +20,7 @@ from apply_support import (
     new_uuid,
 )
 
-from runner import faults
+from runner.config import faults
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from apply_support import TS, Diff, insert_pg_person, new_uuid, seed_file
 from conftest import create_topic, run_subprocess, seed_subprocess
 from kafka_util import read_topic
 
-from runner import faults, settings
+from runner.config import faults, settings
 from runner.local.stack import find_tansu
 
 pytestmark = pytest.mark.integration

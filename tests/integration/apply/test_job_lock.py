@@ -24,8 +24,9 @@ from apply_support import (
 from conftest import PROJECT
 from test_apply_crash import APPLY, seed
 
-from runner import faults, job_lock
-from runner.settings import ConfigError
+from runner.config import faults
+from runner.config.settings import ConfigError
+from runner.stores import job_lock
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ WRITTEN = (
 
 _HOLD = """
 import sys
-from runner import job_lock
+from runner.stores import job_lock
 job_lock.acquire(sys.argv[1], sys.argv[2], sys.argv[3])
 print("held", flush=True)
 sys.stdin.read()

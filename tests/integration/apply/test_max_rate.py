@@ -21,8 +21,8 @@ from apply_support import (
 )
 from click.testing import CliRunner
 
-from runner import faults
 from runner.cli import main
+from runner.config import faults
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from apply_support import (
 from click.testing import CliRunner
 from targets_util import use_targets
 
-from runner import settings
 from runner.cli import main
+from runner.config import settings
 
 pytestmark = pytest.mark.integration
 

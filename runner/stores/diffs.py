@@ -1,0 +1,205 @@
+"""Reading the diff the models computed, and the historic person state the three-way merge needs.
+
+Everything is bound as query parameters (clickhouse-connect binds server-side, chDB included), so
+person lists travel as array parameters, never as SQL text: no `max_query_size` trouble (gotcha 32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from uuid import UUID
+
+from clickhouse_connect.driver.client import Client
+
+from runner.config.settings import ConfigError
+from runner.rules.merge import PersonDiff, json_loads, unstorable
+from runner.stores.warehouse import ident
+
+DIFF_TABLE = "person_property_diff"
+SUMMARY_TABLE = "person_property_diff_summary"
+
+
+_ISO_T = "concat(replaceOne(formatDateTime(t, '%Y-%m-%dT%H:%i:%S.%f', 'UTC'), '.000000', ''), '+00:00')"
+
+
+def _iso(column: str) -> str:
+    """R9.7 text of each timestamp of an array column (see runner.rules.merge)."""
+    return f"arrayMap(t -> {_ISO_T}, {column})"
+
+
+def _operations(prefix: str, operation: str) -> str:
+    value = "v" if operation != "unset" else "'null'"
+    args = (
+        f"{prefix}_keys, {prefix}_values, {prefix}_timestamps"
+        if operation != "unset"
+        else (f"{prefix}_keys, {prefix}_timestamps")
+    )
+    params = "(k, v, t)" if operation != "unset" else "(k, t)"
+    return (
+        f"arrayMap({params} -> concat('{{\"key\": ', toJSONString(k), ', \"value\": ', {value}, "
+        f'\', "timestamp": "\', {_ISO_T}, \'", "operation": "{operation}"}}\'), {args})'
+    )
+
+
+def _keys_values(prefix: str) -> str:
+    # Values are raw JSON text: concatenated they form a JSON array, decoded with everything else at once.
+    return (
+        f"toJSONString({prefix}_keys), ',[', arrayStringConcat({prefix}_values, ','), '],', "
+        f"toJSONString({_iso(prefix + '_timestamps')})"
+    )
+
+
+def _value_map(prefix: str) -> str:
+    """The SET (or SET_ONCE) entries as one JSON object text of ClickHouse's raw value texts."""
+    return (
+        f"concat('{{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ': ', v), "
+        f"{prefix}_keys, {prefix}_values), ', '), '}}')"
+    )
+
+
+# Per person: one JSON text [set keys, values, times, set_once keys, values, times, unset keys, times],
+# and the backup's pending_operations (R9.9) as JSON text, raw values included.
+_DIFF_COLUMNS = (
+    "batch_index, person_id, baseline_version, "
+    f"concat('[', {_keys_values('set')}, ',', {_keys_values('set_once')}, ',', "
+    f"toJSONString(unset_keys), ',', toJSONString({_iso('unset_timestamps')}), ']'), "
+    f"concat('[', arrayStringConcat(arrayConcat({_operations('set', 'set')}, "
+    f"{_operations('set_once', 'set_once')}, {_operations('unset', 'unset')}), ', '), ']'), "
+    f"{_value_map('set')}, {_value_map('set_once')}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamSummary:
+    team_id: int
+    persons_with_diff: int
+    mode: str
+    invocation_id: str
+    semantics: str = "original"  # the build's `semantics` var (summaries built before it: original)
+
+
+def _table_exists(client: Client, schema: str, table: str) -> bool:
+    rows = client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": schema, "t": table},
+    ).result_rows
+    return bool(rows and rows[0][0])
+
+
+def read_team_summaries(client: Client, schema: str) -> list[TeamSummary]:
+    """The teams the models selected (one row per team, teams with nothing to change included)."""
+    for table in (SUMMARY_TABLE, DIFF_TABLE):
+        if not _table_exists(client, schema, table):
+            raise ConfigError(
+                f"{schema}.{table} does not exist: compute the diff first (dbt run with the bug window vars)"
+            )
+    has_semantics = client.query(
+        "SELECT count() FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+        "AND name = 'semantics'",
+        parameters={"db": schema, "t": SUMMARY_TABLE},
+    ).result_rows[0][0]
+    semantics = "any(semantics)" if has_semantics else "'original'"
+    rows = client.query(
+        f"""
+        SELECT team_id, max(persons_with_diff), any(mode), any(invocation_id), {semantics}
+        FROM {ident(schema)}.{ident(SUMMARY_TABLE)}
+        GROUP BY team_id
+        ORDER BY team_id
+        """
+    ).result_rows
+    return [TeamSummary(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
+
+
+def iter_team_diffs(client: Client, schema: str, team_id: int, page_size: int) -> Iterator[PersonDiff]:
+    """A team's diffs in processing order (batch_index, person_id), one keyset page at a time."""
+    table = f"{ident(schema)}.{ident(DIFF_TABLE)}"
+    first = (
+        f"SELECT {_DIFF_COLUMNS} FROM {table} WHERE team_id = {{team:Int64}} "
+        f"ORDER BY batch_index, person_id LIMIT {{n:UInt32}}"
+    )
+    following = (
+        f"SELECT {_DIFF_COLUMNS} FROM {table} WHERE team_id = {{team:Int64}} "
+        f"AND (batch_index > {{b:UInt32}} OR (batch_index = {{b:UInt32}} AND person_id > {{p:UUID}})) "
+        f"ORDER BY batch_index, person_id LIMIT {{n:UInt32}}"
+    )
+    params: dict[str, Any] = {"team": team_id, "n": page_size}
+    sql = first
+    while True:
+        rows = client.query(sql, parameters=params).result_rows
+        for row in rows:
+            yield _diff_from_row(team_id, row)
+        if len(rows) < page_size:
+            return
+        params = {"team": team_id, "n": page_size, "b": rows[-1][0], "p": rows[-1][1]}
+        sql = following
+
+
+def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
+    """A person's diff; one Postgres cannot take (invalid JSON, a NUL character...) is marked `invalid`
+    so that the person fails alone."""
+    batch_index, person_id, baseline, entries, operations, set_json, set_once_json = row
+    person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
+    try:
+        s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(entries)
+    except ValueError:
+        return PersonDiff(
+            team_id,
+            person,
+            int(baseline),
+            batch_index=int(batch_index),
+            invalid="a diff value is not valid JSON",
+        )
+    diff = PersonDiff(
+        team_id,
+        person,
+        int(baseline),
+        dict(zip(s_keys, zip(s_values, s_ts, strict=True), strict=True)),
+        dict(zip(o_keys, zip(o_values, o_ts, strict=True), strict=True)),
+        dict(zip(u_keys, u_ts, strict=True)),
+        int(batch_index),
+        operations,
+        set_json,
+        set_once_json,
+    )
+    if "\\u" in entries or "\x00" in entries:  # only then can a value or key be one Postgres refuses
+        reason = unstorable(diff)
+        if reason is not None:
+            return replace(diff, invalid=reason)  # entries kept: the person's line shows them
+    return diff
+
+
+def historic_properties(
+    client: Client, source_db: str, team_id: int, minimum_versions: Sequence[tuple[UUID, int]]
+) -> dict[UUID, dict[str, Any]]:
+    """R2.3 for a batch in one query: per person, the properties of its lowest ClickHouse version at or
+    above the given minimum (no is_deleted filter; empty text is `{}`). Persons without such a row are
+    absent from the result."""
+    if not minimum_versions:
+        return {}
+    ids = [uuid for uuid, _ in minimum_versions]
+    versions = [int(v) for _, v in minimum_versions]
+    rows = client.query(
+        f"""
+        SELECT p.id, argMin(p.properties, p.version)
+        FROM {ident(source_db)}.person AS p
+        INNER JOIN (
+            SELECT tupleElement(pair, 1) AS id, tupleElement(pair, 2) AS min_version
+            FROM (SELECT arrayJoin(arrayZip({{ids:Array(UUID)}}, {{versions:Array(UInt64)}})) AS pair)
+        ) AS wanted ON p.id = wanted.id
+        WHERE p.team_id = {{team:Int64}}
+          AND p.id IN (SELECT arrayJoin({{ids:Array(UUID)}}))
+          AND p.version >= wanted.min_version
+        GROUP BY p.id
+        """,
+        parameters={"team": team_id, "ids": ids, "versions": versions},
+    ).result_rows
+    out: dict[UUID, dict[str, Any]] = {}
+    for person_id, text in rows:
+        uuid = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
+        parsed = json_loads(text) if text else {}
+        if not isinstance(parsed, dict):
+            raise ValueError(f"team {team_id} person {uuid}: ClickHouse properties are not a JSON object")
+        out[uuid] = parsed
+    return out
