@@ -45,7 +45,7 @@ def project_dir() -> Path:
     explicit = os.environ.get(ENV_PROJECT_DIR)
     if explicit:
         return Path(explicit).resolve()
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def state_dir() -> Path:
