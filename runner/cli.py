@@ -30,7 +30,7 @@ ENV_DEBUG = "RECON_DEBUG"
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("runner.local.stack", "stack"),  # local only
     "warehouse": ("runner.local.warehouse_cli", "warehouse"),  # local only
-    "demo": ("runner.local.seed", "demo"),  # local only
+    "demo": ("runner.local.seed.cli", "demo"),  # local only
     "db": ("runner.commands.db", "db"),
     "models": ("runner.commands.models", "models"),
     "apply": ("runner.commands.apply", "apply"),

@@ -11,18 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from runner.config.settings import ConfigError
-from runner.local import seed as seed_mod
-from runner.local.seed import (
+from runner.local.seed.config import SeedConfig
+from runner.local.seed.generator import EVENT_COLUMNS, OVERRIDE_COLUMNS, PERSON_COLUMNS, Dataset, generate
+from runner.local.seed.run import SeedResult, refuse_remote
+from runner.local.seed.semantics import (
     BLOCKLIST,
-    EVENT_COLUMNS,
-    OVERRIDE_COLUMNS,
-    PERSON_COLUMNS,
     SET,
     SET_ONCE,
     UNSET,
-    SeedConfig,
     apply_operations,
-    generate,
     operations_from_properties,
 )
 
@@ -30,7 +27,7 @@ SMALL = SeedConfig(teams=4, persons=1500, events=15000, seed=7)
 
 
 @lru_cache(maxsize=4)
-def _dataset(config: SeedConfig) -> seed_mod.Dataset:
+def _dataset(config: SeedConfig) -> Dataset:
     return generate(config)
 
 
@@ -218,7 +215,7 @@ def test_overrides_have_merges_chains_and_deletions() -> None:
     assert len(overrides) > len(latest)
 
 
-def _resolve_and_replay(data: seed_mod.Dataset) -> tuple[dict[str, dict], dict[str, bool]]:
+def _resolve_and_replay(data: Dataset) -> tuple[dict[str, dict], dict[str, bool]]:
     """Replay every event (no loss) per resolved person (spec R2.4/R5.3), independently of the generator."""
     live: dict[tuple[str, str], tuple[int, str, str]] = {}
     for row in _rows(data.overrides_tsv, OVERRIDE_COLUMNS):
@@ -248,7 +245,7 @@ def _resolve_and_replay(data: seed_mod.Dataset) -> tuple[dict[str, dict], dict[s
     return replayed, window_ops
 
 
-def _current_clickhouse_persons(data: seed_mod.Dataset) -> dict[str, dict]:
+def _current_clickhouse_persons(data: Dataset) -> dict[str, dict]:
     current: dict[str, dict] = {}
     for row in _rows(data.persons_tsv, PERSON_COLUMNS):
         if row["id"] not in current or int(row["version"]) > int(current[row["id"]]["version"]):
@@ -323,7 +320,7 @@ def test_postgres_rows_match_clickhouse_current_state() -> None:
 
 
 def test_dbt_command_carries_the_window() -> None:
-    result = seed_mod.SeedResult(
+    result = SeedResult(
         seed=1,
         team_ids=[1],
         quiet_team_id=None,
@@ -356,11 +353,11 @@ def test_refuses_to_seed_remote_servers() -> None:
 
     local_pg = "postgresql://postgres@127.0.0.1:5432/posthog"
     with pytest.raises(ConfigError, match="ClickHouse server at 'ch.example.com'"):
-        seed_mod._refuse_remote(HttpClient("https://ch.example.com:8443"), local_pg)
+        refuse_remote(HttpClient("https://ch.example.com:8443"), local_pg)
     with pytest.raises(ConfigError, match="Postgres server at 'db.example.com'"):
-        seed_mod._refuse_remote(ChdbClient(), "postgresql://u@db.example.com/posthog")
-    seed_mod._refuse_remote(ChdbClient(), local_pg)
-    seed_mod._refuse_remote(HttpClient("http://localhost:8123"), "host=/var/run/postgresql dbname=posthog")
+        refuse_remote(ChdbClient(), "postgresql://u@db.example.com/posthog")
+    refuse_remote(ChdbClient(), local_pg)
+    refuse_remote(HttpClient("http://localhost:8123"), "host=/var/run/postgresql dbname=posthog")
 
 
 def test_help_shows_every_option_with_its_environment_variable() -> None:
