@@ -28,7 +28,7 @@ ENV_DEBUG = "RECON_DEBUG"
 # command runs (or help lists it), so production commands never import the local-only tooling in
 # `runner.local`. A module that is missing or lacks its attribute is an error, never a skipped command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("runner.local.stack", "stack"),  # local only
+    "stack": ("runner.local.stack.cli", "stack"),  # local only
     "warehouse": ("runner.local.warehouse_cli", "warehouse"),  # local only
     "demo": ("runner.local.seed.cli", "demo"),  # local only
     "db": ("runner.commands.db", "db"),

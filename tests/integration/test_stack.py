@@ -17,6 +17,8 @@ from kafka_util import read_topic, read_topic_json
 from runner.cli import main
 from runner.config import settings
 from runner.local import stack as local_stack
+from runner.local.stack import postgres as stack_postgres
+from runner.local.stack import processes
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -174,7 +176,7 @@ def _lifecycle(state: Path, stack: dict) -> None:
 
     # The broker dies: the stack is stale; `up` cleans it and starts again (Postgres data kept).
     os.kill(first["kafka"]["pid"], 9)
-    assert local_stack._wait(lambda: not local_stack.status(state)["kafka"]["running"], 10)
+    assert processes.wait(lambda: not local_stack.status(state)["kafka"]["running"], 10)
     second = local_stack.up(state)
     assert second["kafka"]["pid"] != first["kafka"]["pid"]
     assert not local_stack.pid_alive(first["postgres"]["pid"])
@@ -243,10 +245,10 @@ def test_env_without_stack_is_a_usage_error(tmp_path):
 
 def test_missing_postgres_binaries_name_the_package(monkeypatch, tmp_path):
     monkeypatch.delenv("RECON_PG_BINDIR", raising=False)
-    monkeypatch.setattr(local_stack.shutil, "which", lambda _name: None)
-    monkeypatch.setattr(local_stack.glob, "glob", lambda _pattern: [])
-    with pytest.raises(local_stack.PostgresNotInstalled) as raised:
-        local_stack.find_pg_bindir()
+    monkeypatch.setattr(stack_postgres.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(stack_postgres.glob, "glob", lambda _pattern: [])
+    with pytest.raises(stack_postgres.PostgresNotInstalled) as raised:
+        stack_postgres.find_pg_bindir()
     message = str(raised.value)
     assert "postgresql" in message and "apt-get install" in message and "postgresql-15" in message
 
