@@ -1,9 +1,10 @@
 """`runner schedule`: the whole job over many teams, in chunks, with bounded concurrency; resumable.
 
-The configuration is the original sensor's JSON cursor (`runner.rules.scheduling`). The teams are split into
-chunks (`chunk_size` teams of the list, or sub-ranges of team ids); each chunk is built by dbt for
-its teams and applied under its own job id `<schedule id>-<chunk>` (`runner.jobs.chunk_run`), so every
-team's outcome lands in the run ledger and `runner report` finds it.
+The configuration is the original sensor's JSON cursor (`runner.config.schedule`). The teams are
+split into chunks (`runner.rules.scheduling`: `chunk_size` teams of the list, or sub-ranges of team
+ids); each chunk is built by dbt for its teams and applied under its own job id
+`<schedule id>-<chunk>` (`runner.jobs.chunk_run`), so every team's outcome lands in the run ledger
+and `runner report` finds it.
 
 Progress lives in Postgres (`recon_schedule`, `recon_schedule_chunk`), keyed by the schedule id (derived
 from the configuration, or `--schedule-id`). A chunk is recorded when it *finishes* (the original
@@ -38,6 +39,7 @@ import psycopg
 
 from runner.commands import options
 from runner.config import faults, settings
+from runner.config.schedule import ScheduleConfig, load_files
 from runner.config.settings import ConfigError
 from runner.jobs.chunk_run import (
     BUILD_FAILED,
@@ -52,7 +54,7 @@ from runner.jobs.chunk_run import (
     persons_db_url,
 )
 from runner.rules import scheduling
-from runner.rules.scheduling import Chunk, ScheduleConfig
+from runner.rules.scheduling import Chunk
 from runner.stores import outbox
 from runner.stores.pg_schema import check_postgres
 from runner.stores.publisher import check_broker
@@ -281,24 +283,6 @@ def engine_note(targets: Targets, config: ScheduleConfig) -> str:
 # --- command ---------------------------------------------------------------------------------------
 
 
-def load_config(config_file: Path, team_ids_from: Path | None, dry_run: bool) -> ScheduleConfig | None:
-    """The validated configuration; None when `--team-ids-from` names no team (nothing to do)."""
-    try:
-        text = config_file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --config {config_file}: {exc.strerror}") from exc
-    team_ids = None
-    if team_ids_from is not None:
-        team_ids = scheduling.read_team_ids_csv(team_ids_from)
-        if not team_ids:
-            scheduling.parse_cursor(text, str(config_file))
-            return None
-    config = scheduling.load(text, source=str(config_file), team_ids=team_ids)
-    if dry_run and not config.dry_run:
-        config = scheduling.validate({**config.to_cursor(), "dry_run": True})
-    return config
-
-
 def _preflight(config: ScheduleConfig, targets: Targets) -> None:
     """Everything that would make the whole schedule fail: exit 2 before anything is written."""
     project = settings.project_dir()
@@ -373,7 +357,7 @@ def schedule(
     Postgres/Kafka, nothing written.
     """
     reporter = Reporter(sys.stdout, output == "json")
-    config = load_config(config_file, team_ids_from, dry_run)
+    config = load_files(config_file, team_ids_from, dry_run)
     if config is not None:
         # The Postgres variable may be the config's persons_db_env_var, so the line comes after it.
         click.echo(settings.targets(config.persons_db_env_var).describe(), err=True)

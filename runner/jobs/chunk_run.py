@@ -33,8 +33,9 @@ import psycopg
 from clickhouse_connect.driver.client import Client
 
 from runner.config import settings
+from runner.config.schedule import ScheduleConfig
 from runner.jobs.apply import SUCCESS, Applier, ApplyConfig, PersonResult, RunResult, TeamResult
-from runner.rules.scheduling import Chunk, ScheduleConfig, task_slices
+from runner.rules.scheduling import Chunk, task_slices
 from runner.stores import diffs, job_lock, ledger, warehouse
 from runner.stores.publisher import Publisher
 

@@ -50,7 +50,8 @@ from dagster import (
     sensor,
 )
 
-from runner.config import settings
+from runner.config import schedule, settings
+from runner.config.schedule import ScheduleConfig
 from runner.config.settings import ConfigError
 from runner.jobs.chunk_run import (
     SUCCEEDED,
@@ -66,7 +67,7 @@ from runner.jobs.chunk_run import (
     ledger_config,
 )
 from runner.rules import scheduling
-from runner.rules.scheduling import Chunk, ScheduleConfig
+from runner.rules.scheduling import Chunk
 from runner.stores import diffs, warehouse
 from runner.stores.metrics import JOB_NAME
 
@@ -90,11 +91,11 @@ class ReconciliationRunConfig(DagsterConfig):
     exclude_team_ids: list[int] = []
     dry_run: bool = False
     backup_enabled: bool = True
-    batch_size: int = scheduling.DEFAULT_BATCH_SIZE
-    teams_per_chunk: int = scheduling.DEFAULT_TEAMS_PER_CHUNK
+    batch_size: int = schedule.DEFAULT_BATCH_SIZE
+    teams_per_chunk: int = schedule.DEFAULT_TEAMS_PER_CHUNK
     team_ch_props_fetch_window_seconds: int = 0
-    person_batch_size: int = scheduling.DEFAULT_PERSON_BATCH_SIZE
-    persons_db_env_var: str = scheduling.DEFAULT_PERSONS_DB_ENV_VAR
+    person_batch_size: int = schedule.DEFAULT_PERSON_BATCH_SIZE
+    persons_db_env_var: str = schedule.DEFAULT_PERSONS_DB_ENV_VAR
     semantics: str = "original"
     max_rate: float | None = None
     chunk_label: str | None = None
@@ -122,7 +123,7 @@ def chunk_of_run(run: dict[str, Any]) -> tuple[ScheduleConfig, Chunk]:
     }
     team_ids = run.get("team_ids")
     if team_ids:
-        config = scheduling.validate(
+        config = schedule.validate(
             {**common, "team_ids": team_ids, "chunk_size": len(team_ids), "max_concurrent_tasks": 1}
         )
         assert config.team_ids is not None
@@ -131,7 +132,7 @@ def chunk_of_run(run: dict[str, Any]) -> tuple[ScheduleConfig, Chunk]:
     low, high = run.get("min_team_id"), run.get("max_team_id")
     if low is None or high is None:
         raise ConfigError("a run needs team_ids, or both min_team_id and max_team_id")
-    config = scheduling.validate(
+    config = schedule.validate(
         {
             **common,
             "range_start": low,
@@ -288,7 +289,7 @@ def run_config_for(config: ScheduleConfig, chunk: Chunk, embedded: bool) -> dict
     """The launched run's configuration (R12.6) and its executor: in-process on the embedded engine,
     else multiprocess with `max_concurrent_tasks`."""
     settings_ = {**chunk.run_settings(config), "chunk_label": chunk.label}
-    if config.persons_db_env_var != scheduling.DEFAULT_PERSONS_DB_ENV_VAR:
+    if config.persons_db_env_var != schedule.DEFAULT_PERSONS_DB_ENV_VAR:
         settings_["persons_db_env_var"] = config.persons_db_env_var
     execution = (
         {"in_process": {}} if embedded else {"multiprocess": {"max_concurrent": config.max_concurrent_tasks}}
@@ -305,8 +306,8 @@ def run_config_for(config: ScheduleConfig, chunk: Chunk, embedded: bool) -> dict
 )
 def person_property_reconciliation_scheduler(context: SensorEvaluationContext):  # type: ignore[no-untyped-def]
     try:
-        cursor = scheduling.parse_cursor(context.cursor, "the sensor cursor")
-        config = scheduling.validate(cursor)
+        cursor = schedule.parse_cursor(context.cursor, "the sensor cursor")
+        config = schedule.validate(cursor)
     except ConfigError as exc:
         return SkipReason(str(exc))  # R12.2: launch nothing, cursor unchanged
     active = context.instance.get_runs_count(RunsFilter(job_name=JOB_NAME, statuses=ACTIVE_STATUSES))

@@ -112,7 +112,7 @@ def seeded(clean_pg, pg_url, kafka_bootstrap):
 
 def test_job_runs_one_chunk_in_process_with_an_op_per_slice(seeded, clean_pg, instance):
     reject_updates(clean_pg, 2)
-    config = dagster_defs.scheduling.validate(
+    config = dagster_defs.schedule.validate(
         {**WINDOW, "range_start": 1, "range_end": 4, "chunk_size": 4, "teams_per_chunk": 2, "batch_size": 10}
     )
     chunk = dagster_defs.scheduling.plan_chunks(config)[0]

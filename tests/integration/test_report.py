@@ -11,7 +11,7 @@ import pytest
 from schedule_support import runner
 from targets_util import use_targets
 
-from runner.rules import scheduling
+from runner.config import schedule
 from runner.stores import ledger
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_failed_teams_to_csv_and_back(history, tmp_path):
         ["1", "failed", ERROR, "sched-aaa-range-1-3", "teams_1_3", "10", "4", "6"],
         ["3", "failed", "timeout", "sched-aaa-range-1-3", "teams_1_3", "7", "0", "7"],
     ]
-    assert scheduling.read_team_ids_csv(out) == [1, 3]
+    assert schedule.read_team_ids_csv(out) == [1, 3]
 
 
 def test_filters(history):

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from runner.config.schedule import validate
 from runner.jobs import chunk_run
 from runner.jobs.chunk_run import Built, Targets, TeamOutcome, apply_chunk
-from runner.rules.scheduling import plan_chunks, validate
+from runner.rules.scheduling import plan_chunks
 from runner.stores.diffs import TeamSummary
 
 W = {"bug_window_start": "2026-01-06 20:01:00", "bug_window_end": "2026-01-07 14:52:00"}

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from runner.config import schedule
+from runner.config.schedule import validate
 from runner.config.settings import ConfigError
-from runner.rules import scheduling
-from runner.rules.scheduling import Chunk, plan_chunks, plan_launch, task_slices, validate
+from runner.rules.scheduling import Chunk, plan_chunks, plan_launch, task_slices
 
 W = {"bug_window_start": "2026-01-06 20:01:00", "bug_window_end": "2026-01-07 14:52:00"}
 
@@ -23,7 +24,7 @@ def config(**fields):
 def error_of(text_or_cursor) -> str:
     text = text_or_cursor if isinstance(text_or_cursor, str | None) else json.dumps(text_or_cursor)
     with pytest.raises(ConfigError) as info:
-        scheduling.load(text)
+        schedule.load(text)
     return str(info.value)
 
 
@@ -148,11 +149,11 @@ def test_defaults_and_clamps():
 
 def test_team_ids_from_a_file_replace_an_absent_list_only():
     text = json.dumps({**W, "chunk_size": 2})
-    assert scheduling.load(text, team_ids=[5, 6]).team_ids == (5, 6)
+    assert schedule.load(text, team_ids=[5, 6]).team_ids == (5, 6)
     with pytest.raises(ConfigError, match="given twice"):
-        scheduling.load(json.dumps({**W, "team_ids": [1]}), team_ids=[5])
+        schedule.load(json.dumps({**W, "team_ids": [1]}), team_ids=[5])
     with pytest.raises(ConfigError, match="cannot specify both"):
-        scheduling.load(json.dumps({**W, "range_start": 1, "range_end": 2}), team_ids=[5])
+        schedule.load(json.dumps({**W, "range_start": 1, "range_end": 2}), team_ids=[5])
 
 
 # --- chunking -------------------------------------------------------------------------------------
@@ -301,24 +302,24 @@ def test_team_ids_from_the_reports_csv(tmp_path: Path, caplog):
         "40,failed,,job-1,team_40,0,0,0\n"
         "12,failed,again,job-2,team_12,0,0,0\n"
     )
-    assert scheduling.read_team_ids_csv(path) == [12, 40]
+    assert schedule.read_team_ids_csv(path) == [12, 40]
     mixed = tmp_path / "all.csv"
     mixed.write_text("team_id,status\n5,succeeded\n6,failed\n")
-    with caplog.at_level(logging.WARNING, logger="runner.commands.schedule"):
-        assert scheduling.read_team_ids_csv(mixed) == [5, 6]
+    with caplog.at_level(logging.WARNING, logger="runner.config.schedule"):
+        assert schedule.read_team_ids_csv(mixed) == [5, 6]
     assert "lists 1 teams that succeeded ([5])" in caplog.text
     plain = tmp_path / "plain.csv"
     plain.write_text("7\n\n3\n")
-    assert scheduling.read_team_ids_csv(plain) == [7, 3]
+    assert schedule.read_team_ids_csv(plain) == [7, 3]
     header_only = tmp_path / "empty.csv"
     header_only.write_text("team_id,status\n")
-    assert scheduling.read_team_ids_csv(header_only) == []
+    assert schedule.read_team_ids_csv(header_only) == []
     bad = tmp_path / "bad.csv"
     bad.write_text("team_id\n1\nabc\n")
     with pytest.raises(ConfigError, match=r"bad.csv line 3: team id must be an integer, got 'abc'"):
-        scheduling.read_team_ids_csv(bad)
+        schedule.read_team_ids_csv(bad)
     with pytest.raises(ConfigError, match="cannot read team ids"):
-        scheduling.read_team_ids_csv(tmp_path / "missing.csv")
+        schedule.read_team_ids_csv(tmp_path / "missing.csv")
 
 
 def test_semantics_is_accepted_and_reaches_dbt_and_the_schedule_id():
