@@ -18,7 +18,7 @@ from runner.local.seed.config import (
 )
 from runner.local.seed.run import SeedResult, seed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.local.seed")  # the name it had before the split: same log lines
 
 
 def _summary(result: SeedResult) -> str:

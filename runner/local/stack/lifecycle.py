@@ -18,7 +18,7 @@ from runner.local.stack import postgres as pg
 from runner.local.stack import stack_file, tansu
 from runner.local.stack.processes import pid_alive
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.local.stack")  # the name it had before the split: same log lines
 
 
 def running(info: dict[str, Any]) -> tuple[bool, bool]:

@@ -35,7 +35,7 @@ from runner.local.stack.processes import (
     wait,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.local.stack")  # the name it had before the split: same log lines
 
 PG_DATABASE = "posthog"
 PG_SUPERUSER = "postgres"
