@@ -19,8 +19,15 @@ timestamp), then for each mode (single pass, and windowed with one-hour windows)
 6. the appended rows are deleted again.
 
 Every figure is a median over the repeats; ratios are taken per repeat. Model times are the sum of
-dbt's per-model execution times; dbt's fixed start-up (wall time minus model time, about 1.5-3 s
-here whatever the size) is reported apart.
+dbt's per-model execution times; dbt's fixed start-up (wall time minus model time) is reported apart.
+The builds run as an hourly schedule runs them: the same `--vars` every time (the build's `now` goes
+through the environment variable RECON_NOW, read only at run time), so dbt's partial parsing stays
+warm; the one re-parse a change of `--vars` costs is measured once per mode (`parse_s`).
+
+Where the time goes: the embedded engine is started with its query log on, and after every build the
+bench prints per model what ClickHouse reports in `system.query_log` (queries, summed
+query_duration_ms, read_rows, read_bytes, written_rows, the largest memory_usage of one query) and the
+build's peak memory (the largest memory_usage of any query of the build; dbt runs one query at a time).
 
 Not a test: it prints, and writes the figures as JSON to bench/results/. It runs in this process on
 its own embedded ClickHouse path (default: a temporary directory), so it does not touch the project's
@@ -65,16 +72,48 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="repeats that also time the original job's approach (slow in windowed mode)",
     )
+    parser.add_argument(
+        "--top-queries",
+        type=int,
+        default=0,
+        help="also print the N longest queries of every build, as the engine's query log has them",
+    )
     return parser.parse_args()
+
+
+QUERY_LOG_CONFIG = """<clickhouse>
+    <query_log>
+        <database>system</database>
+        <table>query_log</table>
+        <flush_interval_milliseconds>1000</flush_interval_milliseconds>
+    </query_log>
+</clickhouse>
+"""
+
+
+def open_engine(path: Path, workdir: Path) -> Any:
+    """Start the embedded engine with its query log on (a config file, as clickhouse-local takes it).
+    Every later connection to the same path in this process (the bench's client, dbt's adapter) joins
+    this engine, so its queries are logged too. The handle must stay open for the whole run."""
+    import chdb
+
+    config = workdir / "query_log.xml"
+    config.write_text(QUERY_LOG_CONFIG)
+    path.mkdir(parents=True, exist_ok=True)
+    return chdb.connect(f"file:{path}?config-file={config}")
 
 
 def main() -> int:
     args = parse_args()
+    global TOP_QUERIES
+    TOP_QUERIES = args.top_queries
     workdir = Path(args.chdb_path or tempfile.mkdtemp(prefix="recon-bench-"))
-    os.environ["RECON_CHDB_PATH"] = str(workdir / "clickhouse" if not args.chdb_path else workdir)
+    engine_path = workdir / "clickhouse" if not args.chdb_path else workdir
+    os.environ["RECON_CHDB_PATH"] = str(engine_path)
     os.environ["RECON_TARGET_SCHEMA"] = SCHEMA
     os.environ.setdefault("RECON_PROJECT_DIR", str(PROJECT))
     sys.path.insert(0, str(PROJECT))
+    engine = open_engine(engine_path, workdir if not args.chdb_path else Path(tempfile.mkdtemp()))
 
     from runner.local import seed as seed_module
     from runner.stores import warehouse
@@ -114,24 +153,113 @@ def main() -> int:
     path = out / f"bench_models_{datetime.now():%Y%m%d_%H%M%S}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"\nfigures written to {path.relative_to(PROJECT)}")
+    engine.close()
     if not args.chdb_path:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def dbt_run(dbt_vars: dict[str, Any], target_path: Path) -> tuple[float, float, dict[str, float]]:
-    """In-process `dbt run`: (wall seconds, models' seconds, per-model seconds)."""
+def dbt_run(
+    client: Any, dbt_vars: dict[str, Any], now: str, target_path: Path
+) -> tuple[float, float, dict[str, float], dict[str, dict[str, float]]]:
+    """In-process `dbt run` up to `now` (through RECON_NOW, so that `--vars` stay the same from one
+    build to the next): (wall seconds, models' seconds, per-model seconds, per-model query log)."""
     from runner.jobs.dbt import run_dbt
 
+    since = engine_clock(client)
+    os.environ["RECON_NOW"] = now
     started = time.perf_counter()
-    result = run_dbt(
-        "run", {"source_database": SOURCE_DB, **dbt_vars}, ["--target-path", str(target_path), "-q"]
-    )
+    try:
+        result = run_dbt(
+            "run", {"source_database": SOURCE_DB, **dbt_vars}, ["--target-path", str(target_path), "-q"]
+        )
+    finally:
+        os.environ.pop("RECON_NOW", None)
     wall = time.perf_counter() - started
     per_model = {
         r.node.name: float(r.execution_time) for r in result.results if r.node.resource_type == "model"
     }
-    return wall, sum(per_model.values()), per_model
+    log = query_log(client, since)
+    if TOP_QUERIES:
+        print_top_queries(client, since, TOP_QUERIES)
+    return wall, sum(per_model.values()), per_model, log
+
+
+TOP_QUERIES = 0  # --top-queries
+
+
+def print_top_queries(client: Any, since: Any, limit: int) -> None:
+    rows = client.query(
+        """
+        SELECT
+            splitByChar('.', extract(substring(query, 1, 500), '"node_id": "([^"]+)"'))[-1] AS model,
+            query_duration_ms, read_rows, read_bytes / 1048576, memory_usage / 1048576,
+            substring(replaceRegexpAll(replaceRegexpOne(query, '^/[*][^/]*[*]/', ''), '\\s+', ' '), 1, 90)
+        FROM system.query_log
+        WHERE type = 'QueryFinish' AND query_start_time_microseconds >= {since:DateTime64(6)}
+            AND query NOT LIKE '%system.query_log%'
+        ORDER BY query_duration_ms DESC
+        LIMIT {limit:UInt32}
+        """,
+        parameters={"since": since, "limit": limit},
+    ).result_rows
+    for model, ms, read_rows, read_mib, memory_mib, text in rows:
+        print(
+            f"       {model:<36} {ms:>6} ms {read_rows:>11,} rows {read_mib:>7.1f} MiB read "
+            f"{memory_mib:>6.0f} MiB mem  {text}",
+            flush=True,
+        )
+
+
+def dbt_parse(dbt_vars: dict[str, Any], target_path: Path) -> float:
+    """`dbt parse` with the builds' vars: what one change of `--vars` costs (a full re-parse), and the
+    warm manifest the timed builds then reuse."""
+    from runner.jobs.dbt import run_dbt
+
+    started = time.perf_counter()
+    run_dbt("parse", {"source_database": SOURCE_DB, **dbt_vars}, ["--target-path", str(target_path), "-q"])
+    return time.perf_counter() - started
+
+
+def engine_clock(client: Any) -> Any:
+    return client.query("SELECT now64(6)").result_rows[0][0]
+
+
+QUERY_LOG_FIGURES = ("queries", "duration_ms", "read_rows", "read_mib", "written_rows", "peak_mib", "cpu_s")
+
+
+def query_log(client: Any, since: Any) -> dict[str, dict[str, float]]:
+    """Per dbt node (from dbt's query comment; `other` for dbt's own metadata queries): the finished
+    queries since `since` as the engine logged them; `build` sums them (its peak_mib is the build's
+    peak: the largest memory_usage of one query, dbt running one query at a time)."""
+    client.command("SYSTEM FLUSH LOGS")
+    rows = client.query(
+        """
+        SELECT
+            if(node = '', 'other', splitByChar('.', node)[-1]) AS model,
+            count(),
+            sum(query_duration_ms),
+            sum(read_rows),
+            sum(read_bytes) / 1048576,
+            sum(written_rows),
+            max(memory_usage) / 1048576,
+            sum(ProfileEvents['OSCPUVirtualTimeMicroseconds']) / 1e6
+        FROM (
+            SELECT *, extract(substring(query, 1, 500), '"node_id": "([^"]+)"') AS node
+            FROM system.query_log
+            WHERE type = 'QueryFinish' AND query_start_time_microseconds >= {since:DateTime64(6)}
+                AND query NOT LIKE '%system.query_log%'
+        )
+        GROUP BY model
+        """,
+        parameters={"since": since},
+    ).result_rows
+    figures = {row[0]: dict(zip(QUERY_LOG_FIGURES, (float(v) for v in row[1:]), strict=True)) for row in rows}
+    figures["build"] = {
+        name: (max if name == "peak_mib" else sum)(f[name] for f in figures.values())
+        for name in QUERY_LOG_FIGURES
+    }
+    return figures
 
 
 def drop_models(client: Any) -> None:
@@ -234,8 +362,10 @@ def bench_mode(
     later = (end + timedelta(hours=1)).strftime(TIME_FORMAT)
     series: dict[str, list[float]] = {name: [] for name in SERIES}
     per_model: dict[str, dict[str, list[float]]] = {"full": {}, "hour": {}, "late": {}}
+    logged: dict[str, dict[str, dict[str, list[float]]]] = {"full": {}, "hour": {}, "late": {}}
     appended = late = 0
     original = None
+    parse = dbt_parse(base, target_path)
     for repeat in range(repeats):
         remove_appended(client)
         floor, naive_floor = measure_floors(client, config.bug_window_start, end_text)
@@ -256,14 +386,17 @@ def bench_mode(
                 )
             original = time.perf_counter() - started
         drop_models(client)
-        full_wall, full_models, models = dbt_run({**base, "now": end_text}, target_path)
+        full_wall, full_models, models, log = dbt_run(client, base, end_text, target_path)
         record(per_model["full"], models)
+        record_log(logged["full"], log)
         appended = append_hour(client, end)
-        hour_wall, hour_models, models = dbt_run({**base, "now": later}, target_path)
+        hour_wall, hour_models, models, log = dbt_run(client, base, later, target_path)
         record(per_model["hour"], models)
+        record_log(logged["hour"], log)
         late = append_late_hour(client, config, end)
-        late_wall, late_models, models = dbt_run({**base, "now": later}, target_path)
+        late_wall, late_models, models, log = dbt_run(client, base, later, target_path)
         record(per_model["late"], models)
+        record_log(logged["late"], log)
         values = {
             "floor_s": floor,
             "naive_floor_s": naive_floor,
@@ -288,18 +421,33 @@ def bench_mode(
     remove_appended(client)
     return {
         **{name: statistics.median(values) for name, values in series.items()},
+        "parse_s": parse,
         "appended_events": appended,
         "late_events": late,
         **{
             f"{run}_per_model_s": {k: round(statistics.median(v), 3) for k, v in seconds.items()}
             for run, seconds in per_model.items()
         },
+        **{
+            f"{run}_query_log": {
+                model: {name: round(statistics.median(v), 3) for name, v in figures.items()}
+                for model, figures in models.items()
+            }
+            for run, models in logged.items()
+        },
+        **{f"{run}_peak_mib": statistics.median(logged[run]["build"]["peak_mib"]) for run in logged},
     }
 
 
 def record(into: dict[str, list[float]], models: dict[str, float]) -> None:
     for name, seconds in models.items():
         into.setdefault(name, []).append(seconds)
+
+
+def record_log(into: dict[str, dict[str, list[float]]], log: dict[str, dict[str, float]]) -> None:
+    for model, figures in log.items():
+        for name, value in figures.items():
+            into.setdefault(model, {}).setdefault(name, []).append(value)
 
 
 def measure_floors(client: Any, start: str, end: str) -> tuple[float, float]:
@@ -345,8 +493,27 @@ def print_row(row: dict) -> None:
         f"+1h {row['hour_models_s']:.2f}s; late hour {row['late_models_s']:.2f}s",
         flush=True,
     )
+    print(
+        f"     dbt re-parse after a change of --vars {row['parse_s']:.2f}s; peak memory per build: "
+        f"full {row['full_peak_mib']:.0f} MiB, +1h {row['hour_peak_mib']:.0f} MiB, "
+        f"late {row['late_peak_mib']:.0f} MiB",
+        flush=True,
+    )
     for run in ("full", "hour", "late"):
-        print(f"     {run} per model: {row[f'{run}_per_model_s']}", flush=True)
+        print(
+            f"     {run:<4} {'model':<42} {'dbt s':>6} {'queries':>7} {'query s':>7} {'cpu s':>6} "
+            f"{'read rows':>11} {'read MiB':>8} {'written':>9} {'peak MiB':>8}"
+        )
+        seconds, log = row[f"{run}_per_model_s"], row[f"{run}_query_log"]
+        for model in [*seconds, *(m for m in log if m not in seconds)]:
+            f = log.get(model, {})
+            print(
+                f"          {model:<42} {seconds.get(model, float('nan')):>6.2f} {f.get('queries', 0):>7.0f} "
+                f"{f.get('duration_ms', 0) / 1000:>7.2f} {f.get('cpu_s', 0):>6.2f} "
+                f"{f.get('read_rows', 0):>11,.0f} {f.get('read_mib', 0):>8.1f} "
+                f"{f.get('written_rows', 0):>9,.0f} {f.get('peak_mib', 0):>8.0f}",
+                flush=True,
+            )
 
 
 def print_table(results: list[dict]) -> None:

@@ -5,6 +5,11 @@
   and SQL receives them only through `recon_literal` (macros/recon_literal.sql). Any problem stops the
   run with an error that names the var and the problem. Nothing here touches the database.
 
+  `now` may also come from the environment variable RECON_NOW (the var wins when both are set). It is
+  read only when the run executes, never while dbt parses, so a scheduler (or the benchmark) that
+  pins a different `now` on every build keeps the same `--vars` and dbt's partial parsing stays warm:
+  dbt parses the whole project again whenever `--vars` differ from the previous invocation's.
+
   Returned keys:
     bug_window_start, bug_window_end, now  'YYYY-MM-DD HH:MM:SS' strings (UTC)
     team_ids, exclude_team_ids             lists of non-negative integers ([] = no filter)
@@ -31,7 +36,7 @@
   {{ return(recon_check_vars({
       'bug_window_start': var('bug_window_start', none),
       'bug_window_end': var('bug_window_end', none),
-      'now': var('now', none),
+      'now': var('now', none) if var('now', none) is not none else env_var('RECON_NOW', ''),
       'team_ids': var('team_ids', []),
       'exclude_team_ids': var('exclude_team_ids', []),
       'min_team_id': var('min_team_id', none),

@@ -7,10 +7,13 @@ all cases), and one real `dbt run` shows that the on-run-start validation stops 
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import models_harness as mh
 import pytest
+import reference_rules as rr
 
 from runner.jobs.dbt import DbtFailed
 
@@ -114,3 +117,42 @@ def test_a_bad_var_stops_dbt_run_before_any_model(env: mh.ModelsEnv, tmp_path: P
     assert "var window_seconds" in str(failure.value)
     tables = env.query(f"SELECT count() FROM system.tables WHERE database = '{env.target_schema}'")
     assert tables[0][0] == 0
+
+
+def test_now_from_recon_now_keeps_partial_parsing_warm(
+    env: mh.ModelsEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RECON_NOW sets `now` like the var does, but a new value on every build (an hourly schedule,
+    the benchmark) leaves `--vars` alone, so dbt reuses its parsed project (partial_parse.msgpack is
+    not rewritten); a changed `--vars` makes dbt parse everything again."""
+    dbt_vars = {"bug_window_start": "2026-01-06 20:01:00", "bug_window_end": "2026-01-07 14:52:00"}
+    local = mh.ModelsEnv(env.source_database, "recon_models_vars_now", tmp_path)
+    local.drop_models()
+    person = uuid.uuid5(uuid.NAMESPACE_URL, "recon-vars/now")
+    local.insert_events(
+        [rr.Event(person, 1, "d1", person, datetime(2026, 1, 7, tzinfo=UTC), '{"$set": {"a": 1}}')]
+    )
+    msgpack = tmp_path / "partial_parse.msgpack"
+
+    def built_until() -> str:
+        rows = local.query(
+            f"SELECT toString(max(built_until)) FROM {local.target_schema}.int_person_property_ops__by_window"
+        )
+        return str(rows[0][0])
+
+    monkeypatch.setenv("RECON_NOW", "2026-01-10 00:00:00")
+    local.run(dbt_vars)
+    assert built_until().startswith("2026-01-10 00:00:00")
+    parsed = msgpack.stat().st_mtime_ns
+    monkeypatch.setenv("RECON_NOW", "2026-01-10 01:00:00")
+    local.run(dbt_vars)
+    assert built_until().startswith("2026-01-10 01:00:00")
+    assert msgpack.stat().st_mtime_ns == parsed
+    # the var wins over the environment, and a change of --vars re-parses the project
+    local.run({**dbt_vars, "now": "2026-01-10 02:00:00"})
+    assert built_until().startswith("2026-01-10 02:00:00")
+    assert msgpack.stat().st_mtime_ns != parsed
+    monkeypatch.setenv("RECON_NOW", "yesterday")
+    with pytest.raises(DbtFailed) as failure:
+        local.run(dbt_vars)
+    assert 'var now: "yesterday" is not a timestamp' in str(failure.value)
