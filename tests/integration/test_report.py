@@ -169,3 +169,45 @@ def test_human_details_show_every_attempt_of_teams_not_succeeded(history):
     section = run.stdout.split("team 3  unfinished", 1)[1]
     assert "attempt 2026-02-02 12:01:00 run sched-bbb-teams-1-1: unfinished" in section
     assert "attempt 2026-02-01 12:00:00 run sched-aaa-range-1-3: failed: timeout" in section
+
+
+def test_status_filter_covers_every_status_a_team_can_have(history, tmp_path):
+    """`--status`: the report's statuses (failed keeps counting incomplete teams, so a re-run of the
+    failed ones retries them) and the ledger's own (`incomplete`, `running`)."""
+    later = T0 + timedelta(days=1)
+    incomplete = "incomplete: persons not applied: 2 version_conflict"
+    attempt(history, "sched-bbb-teams-2-2", 4, "incomplete", later, counts=(9, 7, 0), error=incomplete)
+
+    def listed(*args: str) -> dict[int, str]:
+        doc = runner("report", "--output", "json", *args).json_lines()[0]
+        return {r["team_id"]: r["ledger_status"] for r in doc["listed"]}
+
+    assert listed("--status", "succeeded") == {1: "succeeded", 2: "succeeded"}
+    assert listed("--status", "failed") == {4: "incomplete"}
+    assert listed("--status", "incomplete") == {4: "incomplete"}
+    assert listed("--status", "unfinished") == {3: "running"}
+    assert listed("--status", "running") == {3: "running"}
+    assert listed("--status", "incomplete", "--until", "2026-02-02") == {}
+    assert listed("--status", "failed", "--until", "2026-02-02") == {1: "failed", 3: "failed"}
+
+    doc = runner("report", "--output", "json").json_lines()[0]
+    assert doc["counts"] == {"succeeded": 2, "failed": 1, "unfinished": 1}
+    assert doc["ledger_counts"] == {"succeeded": 2, "failed": 0, "incomplete": 1, "running": 1}
+
+    out = tmp_path / "incomplete.csv"
+    run = runner("report", "--status", "incomplete", "--output-csv", str(out))
+    assert run.exit_code == 1
+    assert "teams (all runs): 4: 2 succeeded, 1 failed (1 incomplete), 1 unfinished" in run.stdout
+    assert "incomplete teams (latest result):" in run.stdout
+    assert "  team 4  failed (incomplete)  run sched-bbb-teams-2-2" in run.stdout
+    assert f"    error: {incomplete}" in run.stdout
+    assert "team 3" not in run.stdout
+    with out.open(newline="") as handle:
+        assert [row[:2] for row in csv.reader(handle)] == [["team_id", "status"], ["4", "failed"]]
+    assert schedule.read_team_ids_csv(out) == [4]
+
+    none = runner("report", "--status", "incomplete", "--schedule-id", "sched-aaa")
+    assert "no incomplete teams (latest result)" in none.stdout
+
+    bad = runner("report", "--status", "broken")
+    assert bad.exit_code == 2 and "succeeded" in bad.stderr and "incomplete" in bad.stderr
