@@ -106,6 +106,17 @@ def sample_option(what: str) -> Callable[[F], F]:
     )
 
 
+class_sample_option = click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    envvar="RECON_SAMPLE",
+    show_envvar=True,
+    help="Human output: persons shown per class (one line each; 0 = counts only).",
+)
+
+
 class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses inf and nan (which pass `min`/`max` checks or compare false)."""
 

@@ -81,3 +81,61 @@ def test_verdict_keeps_samples_of_the_unexpected_classes_only():
     assert len(verdict.samples["differs"]) == SAMPLE and verdict.samples["ok"] == []
     assert verdict.failed
     assert not Verdict().failed
+
+
+def _report(artifacts: int, differs: int = 0):
+    from runner.jobs.verify import Findings, VerifyReport
+
+    verdict, findings = Verdict(), Findings()
+    for klass, n in (("ok", 3), ("rule_artifact", artifacts), ("differs", differs)):
+        for i in range(n):
+            detail = {"team_id": 1, "person_uuid": str(UUID(int=i)), "job_version": 2}
+            verdict.add(klass, detail)
+            if klass != "ok":
+                findings.add(klass, detail)
+    return VerifyReport("job-1", "succeeded", True, "original", verdict, findings)
+
+
+def test_verify_human_output_shows_counts_and_a_sample_per_class():
+    """`runner verify --sample N`: N persons per class, then how many more; counts always."""
+    import io
+
+    from runner.commands.verify import _write_human
+
+    out = io.StringIO()
+    _write_human(out, _report(artifacts=7, differs=1), sample=2)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "job job-1 (succeeded): 11 persons updated by the job, diff recomputed with semantics original"
+    )
+    assert "  rule_artifact          7" in lines and "  differs                1" in lines
+    assert sum(line.startswith("  rule_artifact: {") for line in lines) == 2
+    assert sum(line.startswith("  differs: {") for line in lines) == 1
+    assert "  ... 5 more rule_artifact (--sample N shows up to N per class; --output json lists all)" in lines
+    assert not any("more differs" in line for line in lines)
+    assert lines[-1] == "verify: FAILED"
+
+    counts_only = io.StringIO()
+    _write_human(counts_only, _report(artifacts=7), sample=0)
+    text = counts_only.getvalue()
+    assert "rule_artifact: {" not in text and "... 7 more rule_artifact" in text
+    assert text.endswith("verify: ok\n")
+
+
+def test_verify_json_lists_every_person_not_ok():
+    import io
+
+    from runner.commands.verify import _write_json
+
+    out = io.StringIO()
+    _write_json(out, _report(artifacts=SAMPLE + 3, differs=1))
+    document = json.loads(out.getvalue())
+    assert (document["ok"], document["rule_artifact"], document["differs"]) == (3, SAMPLE + 3, 1)
+    assert len(document["samples"]["rule_artifact"]) == SAMPLE  # capped, as before
+    assert [p["class"] for p in document["persons"]] == ["rule_artifact"] * (SAMPLE + 3) + ["differs"]
+    assert document["persons"][0] == {
+        "class": "rule_artifact",
+        "team_id": 1,
+        "person_uuid": str(UUID(int=0)),
+        "job_version": 2,
+    }

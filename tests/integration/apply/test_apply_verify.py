@@ -151,3 +151,30 @@ def test_replay_semantics_shown_and_verify_counts_no_rule_artifacts(env, run_app
     assert final.exit_code == 0, final.stdout
     assert "diff table semantics replay" in final.stdout
     assert "rule_artifact          0" in final.stdout
+
+
+def test_verify_sample_and_json_shorthand(env, run_apply, monkeypatch):
+    ch = env["ch"]
+    insert_ch_persons(ch, [(1, u, {"plan": "free"}, 3) for u in PERSONS])
+    for u in PERSONS:
+        insert_pg_person(env["pg"], 1, u, {"plan": "free"}, 3)
+    insert_diffs(ch, [Diff(1, u, 3, set={"plan": ('"paid"', TS)}) for u in PERSONS])
+    insert_summary(ch, {1: len(PERSONS)})
+    assert run_apply("--job-id", "job-sample").exit_code == 0
+
+    # Not ingested yet: all four are `not_ingested`; the human output shows --sample of them.
+    human = invoke("verify", "--job-id", "job-sample", "--no-recompute", "--sample", "1")
+    assert human.exit_code == 1
+    assert "  not_ingested           4" in human.stdout
+    assert human.stdout.count("  not_ingested: {") == 1
+    assert "  ... 3 more not_ingested (--sample N shows up to N per class; --output json lists all)" in (
+        human.stdout
+    )
+    monkeypatch.setenv("RECON_SAMPLE", "0")
+    assert "not_ingested: {" not in invoke("verify", "--job-id", "job-sample", "--no-recompute").stdout
+
+    as_json = invoke("verify", "--job-id", "job-sample", "--no-recompute", "--json")
+    report = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and report["not_ingested"] == 4
+    assert sorted(p["person_uuid"] for p in report["persons"]) == sorted(map(str, PERSONS))
+    assert {p["class"] for p in report["persons"]} == {"not_ingested"}
