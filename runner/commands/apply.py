@@ -49,7 +49,7 @@ SHOWN_FAILURES = 10  # persons not applied, listed per team in the human output
 
 
 def person_line(result: PersonResult) -> dict[str, Any]:
-    diff = result.diff
+    diff = result.item
     set_values, set_once_values, unset_keys, timestamps = diff_entries(diff)
     return {
         "type": "person",
@@ -203,8 +203,8 @@ class HumanSink:
         self.out.write(f"\nteam {team.team_id}: sample of {what}\n")
         for r in samples:
             versions = f"version {r.version_before} -> {r.version_after}"
-            note = " (already applied by this job)" if r.already_applied else ""
-            self.out.write(f"  person {r.diff.person_uuid}: {versions}{note}\n")
+            note = " (already applied by this job)" if r.already_done else ""
+            self.out.write(f"  person {r.item.person_uuid}: {versions}{note}\n")
             self.out.write(f"    before: {_shown(r.properties_before)}\n")
             self.out.write(f"    after:  {_shown(r.properties_after)}\n")
         self.out.flush()
@@ -280,7 +280,7 @@ class HumanSink:
                 )
         if run.error:
             self.out.write(f"run failed: {run.error}\n")
-        already = run.total("already_applied")
+        already = run.total("already_done")
         if already:
             self.out.write(
                 f"{already} persons already applied by an earlier attempt of this job (not written again)\n"

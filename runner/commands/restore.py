@@ -54,7 +54,7 @@ def _shown(properties: dict[str, Any] | None) -> str:
 
 
 def person_line(result: PersonRestore) -> dict[str, Any]:
-    entry = result.entry
+    entry = result.item
     return {
         "type": "person",
         "team_id": entry.team_id,
@@ -75,10 +75,10 @@ def team_line(team: TeamRestore) -> dict[str, Any]:
         "status": team.status,
         "error": team.error,
         "processed": team.processed,
-        "restored": team.restored,
+        "restored": team.updated,
         "skipped": team.skipped,
         "outcomes": {outcome: team.outcomes.get(outcome, 0) for outcome in OUTCOMES},
-        "already_restored": team.already_restored,
+        "already_restored": team.already_done,
         "commits": team.commits,
         "failures": [{"person_uuid": u, "outcome": o, "reason": r} for u, o, r in team.failures],
     }
@@ -94,7 +94,7 @@ def summary_line(run: RestoreRun) -> dict[str, Any]:
         "dry_run": cfg.dry_run,
         "teams": [team_line(t) for t in run.teams],
         "processed": run.total("processed"),
-        "restored": run.total("restored"),
+        "restored": run.total("updated"),
         "skipped": run.total("skipped"),
         "error": run.error,
         "quarantined": run.quarantined,
@@ -174,12 +174,12 @@ class HumanRestoreSink:
         for i, r in enumerate(kept):
             if i == 0:
                 self.out.write(f"\nteam {team.team_id}: sample of restored persons\n")
-            note = " (restored by an earlier attempt of this restore job)" if r.already_restored else ""
+            note = " (restored by an earlier attempt of this restore job)" if r.already_done else ""
             self.out.write(
-                f"  person {r.entry.uuid} (id {r.entry.person_id}): "
+                f"  person {r.item.uuid} (id {r.item.person_id}): "
                 f"version {r.version_before} -> {r.version_after}{note}\n"
             )
-            if not r.already_restored:
+            if not r.already_done:
                 self.out.write(f"    before: {_shown(r.properties_before)}\n")
             self.out.write(f"    after:  {_shown(r.properties_after)}\n")
         self.out.flush()
@@ -198,9 +198,9 @@ class HumanRestoreSink:
                 self.out.write(f"  person {person_uuid}: {outcome}: {reason}\n")
         if run.error:
             self.out.write(f"restore failed: {run.error}\n")
-        if run.total("already_restored"):
+        if run.total("already_done"):
             self.out.write(
-                f"{run.total('already_restored')} persons were restored by an earlier attempt of "
+                f"{run.total('already_done')} persons were restored by an earlier attempt of "
                 f"{cfg.restore_job_id} (not written again)\n"
             )
         if run.published_backlog:
@@ -222,7 +222,7 @@ class HumanRestoreSink:
             verdict = "dry run: nothing was written"
         elif run.quarantined:
             verdict = "restored in Postgres, but messages are quarantined (see above)"
-        elif run.total("restored") == 0:
+        elif run.total("updated") == 0:
             verdict = "done; nothing needed restoring, nothing was written"
         else:
             verdict = f"done; undo it with: runner restore --job-id {cfg.restore_job_id}"
@@ -244,7 +244,7 @@ def _team_table(run: RestoreRun) -> str:
     dry_run = run.config.dry_run
 
     def counts(teams: Sequence[TeamRestore]) -> list[str]:
-        restored = sum(t.outcomes.get(RESTORED, 0) if dry_run else t.restored for t in teams)
+        restored = sum(t.outcomes.get(RESTORED, 0) if dry_run else t.updated for t in teams)
         by_outcome = [
             sum(t.outcomes.get(o, 0) for t in teams)
             for o in (SKIPPED, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE)

@@ -3,7 +3,7 @@
 At the n-th time the process reaches `<point>` it dies on the spot (`os._exit`, no cleanup, no flush:
 like a kill -9), or with `:pause` it writes `$RECON_FAULT_FILE` and waits until that file is removed
 (so a test can act, e.g. stop the broker, at an exact moment). Points of the batch engine
-(`runner.engine.batch`), so of `runner apply` and `runner restore` alike:
+(`runner.engine`), so of `runner apply` and `runner restore` alike:
 
 - `before_commit`: a batch is written, not yet committed.
 - `after_commit`: a batch is committed, nothing of it published.

@@ -1,6 +1,6 @@
 """`runner apply`: the diff table applied to Postgres, then published to Kafka.
 
-Apply is a job of the batch engine (`runner.engine.batch`), which runs the loop apply and restore share:
+Apply is a job of the batch engine (`runner.engine`), which runs the loop apply and restore share:
 ledger, backlog of unpublished messages, row locks with retries, writes, commits, publishing and
 delivery confirmation, the end-of-team retry, the team's error boundary, counters, and the pipelining
 (a reader thread reads chunks ahead, batches alternate between two connections, a writer thread
@@ -44,7 +44,6 @@ batches count); the ledger connection is reopened to record it, the next team ge
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,13 +52,16 @@ from uuid import UUID
 import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner.engine.batch import Engine, EngineRun, cut_at_batches
+from runner.engine.job import EngineRun, TeamCounts
+from runner.engine.loop import Engine
+from runner.engine.reader import cut_at_batches
 from runner.rules import apply as apply_rules
 from runner.rules.apply import NO_CHANGES, OUTCOMES, SUCCESS, PersonResult
 from runner.rules.engine import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
 from runner.rules.merge import PersonDiff, conflict_filter
+from runner.rules.records import PersonOutcome
 from runner.rules.scheduling import chunk_id
-from runner.stores import diffs, ledger, metrics, persons
+from runner.stores import connections, diffs, ledger, metrics, persons
 from runner.stores.publisher import Publisher
 
 __all__ = [
@@ -80,7 +82,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("runner.apply")
-
 
 
 @dataclass(frozen=True)
@@ -104,35 +105,9 @@ class ApplyConfig:
         }
 
 
-@dataclass
-class TeamResult:
-    team_id: int
-    status: str = ledger.RUNNING
-    error: str | None = None
-    outcomes: Counter[str] = field(default_factory=Counter)
-    updated: int = 0
-    commits: int = 0
-    already_applied: int = 0
-    duration_seconds: float = 0.0
-    # Persons not applied (version_conflict, invalid_value): (uuid, outcome, reason), the first ones.
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def processed(self) -> int:
-        return sum(self.outcomes.values())
-
-    @property
-    def skipped(self) -> int:
-        return self.processed - self.updated
-
-    @property
-    def already_done(self) -> int:
-        """`already_applied`, as the engine counts it (`runner.engine.batch.TeamCounts`)."""
-        return self.already_applied
-
-    @already_done.setter
-    def already_done(self, value: int) -> None:
-        self.already_applied = value
+# A team of an apply run, as the engine counts it: `updated` persons updated, `already_done` those an
+# earlier attempt of this job updated (the ledger's `already_applied`).
+TeamResult = TeamCounts
 
 
 @dataclass
@@ -168,7 +143,7 @@ class Sink(Protocol):
 
 
 class Applier:
-    """A `runner apply` run: the engine (`runner.engine.batch`) with apply's job."""
+    """A `runner apply` run: the engine (`runner.engine.loop`) with apply's job."""
 
     def __init__(
         self,
@@ -229,7 +204,7 @@ class Applier:
 
 
 class ApplyJob:
-    """What apply supplies to the batch engine (`runner.engine.batch.Job`)."""
+    """What apply supplies to the batch engine (`runner.engine.job.Job`)."""
 
     ledger_kind = "apply"
     updated_outcome = SUCCESS
@@ -278,7 +253,7 @@ class ApplyJob:
         return TeamResult(team_id, status=status, error=error)
 
     def connect(self) -> psycopg.Connection:
-        return persons.connect(self.pg_url, read_only=self.dry_run)
+        return connections.connect(self.pg_url, read_only=self.dry_run)
 
     def chunks(self, team_id: int) -> Iterator[list[PersonDiff]]:
         """Chunks of at most a page that never straddle a batch boundary (reader thread)."""
@@ -288,9 +263,6 @@ class ApplyJob:
 
     def uuid_of(self, item: PersonDiff) -> UUID:
         return item.person_uuid
-
-    def item_of(self, result: PersonResult) -> PersonDiff:
-        return result.diff
 
     def describe(self, item: PersonDiff) -> str:
         return str(item.person_uuid)
@@ -307,7 +279,7 @@ class ApplyJob:
         early: dict[UUID, PersonResult] = {}
         for d in chunk:
             if d.invalid is not None:
-                early[d.person_uuid] = PersonResult(d, INVALID_VALUE, reason=d.invalid)
+                early[d.person_uuid] = PersonOutcome(d, INVALID_VALUE, reason=d.invalid)
                 log.warning("Person %s of team %d: %s", d.person_uuid, team_id, d.invalid)
         return chunk, early
 
@@ -332,9 +304,9 @@ class ApplyJob:
         return apply_rules.already_applied(item, earlier)
 
     def unsettled(self, item: PersonDiff, outcome: str, reason: str | None = None) -> PersonResult:
-        return PersonResult(item, outcome, reason=reason)
+        return PersonOutcome(item, outcome, reason=reason)
 
-    def run_metrics(self, run: EngineRun) -> list[metrics.Counter]:
+    def run_metrics(self, run: EngineRun[TeamResult]) -> list[metrics.Counter]:
         result = RunResult(self.config.job_id, self.dry_run, run.teams, run.error, run.duration_seconds)
         failed = [t.team_id for t in result.teams if t.status != ledger.SUCCEEDED]
         if failed:

@@ -1,13 +1,13 @@
 """`runner restore`: put persons back to the state one job's backup rows recorded (spec §13).
 
-Restore is a job of the batch engine (`runner.engine.batch`), the loop it shares with apply: ledger, backlog
+Restore is a job of the batch engine (`runner.engine`), the loop it shares with apply: ledger, backlog
 of unpublished messages of earlier runs (published before anything else), row locks (`FOR UPDATE SKIP
 LOCKED`, 3 attempts), writes, commits, publishing and delivery confirmation, the end-of-team retry,
 the team's error boundary, counters, and the pipelining (backup pages read ahead on a thread of their
 own, batches alternating between two connections, one committing while the next is locked, a
 publishing thread). This module supplies what is restore's own (`RestoreJob`):
 
-- the teams and the chunk source: the backup rows of the job (`runner.stores.persons`), team by team in keyset
+- the teams and the chunk source: the backup rows of the job (`runner.stores.backups`), team by team in keyset
   pages ordered by `(team_id, person_id)` (R13.2), so memory holds a few pages whatever the job's size,
   each page cut into chunks that never straddle a batch boundary;
 - per chunk, before deciding: the metadata maps of the locked rows;
@@ -39,7 +39,7 @@ Outcomes per backup entry:
 A team with `version_conflict` or `invalid_value` entries is `incomplete` (exit code 1). A committed
 batch counts as restored even when publishing it fails afterwards.
 
-Crash tests stop the process at the engine's fault points (`runner.config.faults`, `runner.engine.batch`):
+Crash tests stop the process at the engine's fault points (`runner.config.faults`, `runner.engine`):
 `before_commit`, `after_commit`, `mid_publish`, `after_batch`, `before_lock`.
 
 Counts follow the original (R13.3): `restored` counts real writes, `skipped` everything else; a dry
@@ -49,7 +49,6 @@ run therefore counts every entry as skipped, while its person lines say what wou
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,9 +58,11 @@ from uuid import UUID
 import psycopg
 
 from runner.config.settings import ConfigError
-from runner.engine.batch import Engine, EngineRun
+from runner.engine.job import EngineRun, TeamCounts
+from runner.engine.loop import Engine
 from runner.rules import restore as restore_rules
 from runner.rules.engine import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
+from runner.rules.records import PersonOutcome
 from runner.rules.restore import (
     OUTCOMES,
     RESTORED,
@@ -71,7 +72,7 @@ from runner.rules.restore import (
     validate_strategy,
 )
 from runner.rules.scheduling import chunk_id
-from runner.stores import ledger, metrics, persons
+from runner.stores import backups, connections, ledger, metrics, persons
 from runner.stores.publisher import Publisher
 
 __all__ = [
@@ -104,7 +105,7 @@ JOB_NAME = "person_property_restore_job"
 METRIC_PREFIX = "person_property_restore_"
 LEDGER_KIND = "restore"
 
-BACKUP_TABLE = persons.BACKUP_TABLE
+BACKUP_TABLE = backups.BACKUP_TABLE
 
 
 def default_restore_job_id(job_id: str, now: datetime | None = None) -> str:
@@ -146,43 +147,12 @@ class RestoreConfig:
 
 
 @dataclass
-class TeamRestore:
-    team_id: int
-    backups: int
-    status: str = ledger.RUNNING
-    error: str | None = None
-    outcomes: Counter[str] = field(default_factory=Counter)
-    restored: int = 0
-    already_restored: int = 0
-    commits: int = 0
-    duration_seconds: float = 0.0
-    # Entries not restored (version_conflict, invalid_value): (uuid, outcome, reason), the first ones.
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
+class TeamRestore(TeamCounts):
+    """A team of a restore, as the engine counts it: `updated` entries restored, `already_done` those an
+    earlier attempt of this restore job restored (the ledger's `already_restored`), out of `backups`
+    selected backup rows."""
 
-    @property
-    def processed(self) -> int:
-        return sum(self.outcomes.values())
-
-    @property
-    def skipped(self) -> int:
-        return self.processed - self.restored
-
-    # As the engine counts a team (`runner.engine.batch.TeamCounts`): updates are restores.
-    @property
-    def updated(self) -> int:
-        return self.restored
-
-    @updated.setter
-    def updated(self, value: int) -> None:
-        self.restored = value
-
-    @property
-    def already_done(self) -> int:
-        return self.already_restored
-
-    @already_done.setter
-    def already_done(self, value: int) -> None:
-        self.already_restored = value
+    backups: int = 0
 
 
 @dataclass
@@ -218,20 +188,20 @@ class RestoreSink(Protocol):
 # --- reading backups -------------------------------------------------------------------------------
 
 
-def _selection(cfg: RestoreConfig) -> persons.BackupSelection:
-    return persons.BackupSelection(cfg.job_id, cfg.team_ids, cfg.person_ids, cfg.person_uuids)
+def _selection(cfg: RestoreConfig) -> backups.BackupSelection:
+    return backups.BackupSelection(cfg.job_id, cfg.team_ids, cfg.person_ids, cfg.person_uuids)
 
 
 def select_teams(conn: psycopg.Connection, cfg: RestoreConfig) -> list[tuple[int, int]]:
     """(team id, backup rows selected) per team, ascending. Raises ConfigError when the job has no
     backup rows, or when a team, person id or uuid given as a filter matches none of them."""
-    if not persons.job_has_backups(conn, cfg.job_id):
+    if not backups.job_has_backups(conn, cfg.job_id):
         raise ConfigError(
             f"no backup rows for job id {cfg.job_id!r}: nothing to restore "
             "(check the id with the run ledger; dry runs and --no-backup runs write no backups)"
         )
     selection = _selection(cfg)
-    counts = persons.backup_counts(conn, selection)
+    counts = backups.backup_counts(conn, selection)
     unmatched: list[str] = []
     teams = {team for team, _ in counts}
     if cfg.team_ids:
@@ -243,7 +213,7 @@ def select_teams(conn: psycopg.Connection, cfg: RestoreConfig) -> list[tuple[int
         ("uuid", cfg.person_uuids, "person uuid(s)"),
     ):
         if values:
-            found = persons.backup_values(conn, selection, column)
+            found = backups.backup_values(conn, selection, column)
             missing_values = [str(v) for v in values if v not in found]
             if missing_values:
                 unmatched.append(f"{label} {missing_values}")
@@ -260,7 +230,7 @@ def iter_backup_pages(
     conn: psycopg.Connection, cfg: RestoreConfig, team_id: int
 ) -> Iterator[list[BackupEntry]]:
     """The team's selected backup rows in keyset pages of `backup_batch_size`, ordered by person pk."""
-    for page in persons.backup_pages(conn, _selection(cfg), team_id, cfg.backup_batch_size):
+    for page in backups.backup_pages(conn, _selection(cfg), team_id, cfg.backup_batch_size):
         yield [BackupEntry.of_row(team_id, row) for row in page]
 
 
@@ -270,7 +240,7 @@ def check_restore_job_id(conn: psycopg.Connection, cfg: RestoreConfig) -> None:
         raise ConfigError("--restore-job-id must differ from --job-id (the restore writes its own backups)")
     run = ledger.run_of(conn, cfg.restore_job_id)
     if run is None:
-        if persons.job_has_backups(conn, cfg.restore_job_id):
+        if backups.job_has_backups(conn, cfg.restore_job_id):
             raise ConfigError(f"job id {cfg.restore_job_id!r} already has backup rows; choose another")
         return
     kind, source = run
@@ -299,7 +269,7 @@ def team_counters(team: TeamRestore, job_name: str = JOB_NAME) -> list[metrics.C
         ("duration_seconds_total", team.duration_seconds, {}),
     ]
     if team.status in (ledger.SUCCEEDED, ledger.INCOMPLETE):
-        values += [("persons_restored_total", team.restored, {}), ("persons_skipped_total", team.skipped, {})]
+        values += [("persons_restored_total", team.updated, {}), ("persons_skipped_total", team.skipped, {})]
     if team.status != ledger.SUCCEEDED:
         values.append(("error", 1, {"reason": "error"}))
     return [metrics.Counter(METRIC_PREFIX + name, {**labels, **extra}, float(v)) for name, v, extra in values]
@@ -309,7 +279,7 @@ def team_counters(team: TeamRestore, job_name: str = JOB_NAME) -> list[metrics.C
 
 
 class Restorer:
-    """A `runner restore` run: the engine (`runner.engine.batch`) with restore's job."""
+    """A `runner restore` run: the engine (`runner.engine.loop`) with restore's job."""
 
     def __init__(
         self,
@@ -379,7 +349,7 @@ class Restorer:
             "Restore %s done: processed=%d restored=%d skipped=%d, %d teams failed (%.1fs)",
             cfg.restore_job_id,
             run.total("processed"),
-            run.total("restored"),
+            run.total("updated"),
             run.total("skipped"),
             len(failed),
             run.duration_seconds,
@@ -408,7 +378,7 @@ class _EngineSink:
 
 
 class RestoreJob:
-    """What restore supplies to the batch engine (`runner.engine.batch.Job`)."""
+    """What restore supplies to the batch engine (`runner.engine.job.Job`)."""
 
     ledger_kind = LEDGER_KIND
     updated_outcome = RESTORED
@@ -451,11 +421,11 @@ class RestoreJob:
         return f"restoring {self.backups.get(team_id, 0)} backup rows (batch_size {self.batch_size})"
 
     def new_team(self, team_id: int, status: str = ledger.RUNNING, error: str | None = None) -> TeamRestore:
-        return TeamRestore(team_id, self.backups.get(team_id, 0), status=status, error=error)
+        return TeamRestore(team_id, status=status, error=error, backups=self.backups.get(team_id, 0))
 
     def connect(self) -> psycopg.Connection:
-        conn = persons.connect(self.pg_url, read_only=self.dry_run, exact=True)
-        persons.name_session(conn, APPLICATION_NAME)
+        conn = connections.connect(self.pg_url, read_only=self.dry_run, exact=True)
+        connections.name_session(conn, APPLICATION_NAME)
         return conn
 
     def _reader_conn(self, *, fresh: bool = False) -> psycopg.Connection:
@@ -463,7 +433,7 @@ class RestoreJob:
         if fresh or conn is None or conn.closed or conn.broken:
             if conn is not None:
                 conn.close()
-            self._reader = conn = persons.connect_reader(self.pg_url, APPLICATION_NAME, exact=True)
+            self._reader = conn = connections.connect_reader(self.pg_url, APPLICATION_NAME, exact=True)
         return conn
 
     def chunks(self, team_id: int) -> Iterator[list[BackupEntry]]:
@@ -501,9 +471,6 @@ class RestoreJob:
     def uuid_of(self, item: BackupEntry) -> UUID:
         return item.uuid
 
-    def item_of(self, result: PersonRestore) -> BackupEntry:
-        return result.entry
-
     def describe(self, item: BackupEntry) -> str:
         return f"{item.uuid} (id {item.person_id})"
 
@@ -538,9 +505,9 @@ class RestoreJob:
         return restore_rules.already_restored(item, earlier)
 
     def unsettled(self, item: BackupEntry, outcome: str, reason: str | None = None) -> PersonRestore:
-        return PersonRestore(item, outcome, reason=reason)
+        return PersonOutcome(item, outcome, reason=reason)
 
-    def run_metrics(self, run: EngineRun) -> list[metrics.Counter]:
+    def run_metrics(self, run: EngineRun[TeamRestore]) -> list[metrics.Counter]:
         counters = [counter for team in run.teams for counter in team_counters(team)]
         if not self.dry_run and self.write_metrics is not None and counters:
             try:

@@ -1,5 +1,5 @@
 """Apply's decision per person (R9.2 steps 2–5, R7.4): from a diff and the locked Postgres row, the
-outcome, the new state and what to write. Pure functions, no I/O: the batch engine (`runner.engine.batch`)
+outcome, the new state and what to write. Pure functions, no I/O: the batch engine (`runner.engine`)
 locks, reads and writes; `runner.rules.merge` merges.
 
 - The simple merge when Postgres still holds the diff's baseline version; else the three-way merge
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -24,31 +23,15 @@ from runner.rules.merge import (
     simple_merge,
     three_way_merge,
 )
-from runner.rules.records import AppliedByJob, PersonWrite, PgPerson
+from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 
 SUCCESS = "success"
 NO_CHANGES = "no_changes"
 OUTCOMES = (SUCCESS, NO_CHANGES, NOT_FOUND, VERSION_CONFLICT, INVALID_VALUE, TEAM_FAILED)
 
 
-@dataclass(slots=True)
-class PersonResult:
-    diff: PersonDiff
-    outcome: str
-    properties_before: dict[str, Any] | None = None
-    properties_after: dict[str, Any] | None = None
-    version_before: int | None = None
-    version_after: int | None = None
-    already_applied: bool = False
-    reason: str | None = None  # why the person failed (invalid_value, version_conflict)
-
-    @property
-    def person_uuid(self) -> UUID:
-        return self.diff.person_uuid
-
-    @property
-    def already_done(self) -> bool:
-        return self.already_applied
+# A person's result: the engine's `PersonOutcome` of a diff (`item` is the person's PersonDiff).
+PersonResult = PersonOutcome[PersonDiff]
 
 
 def needs_three_way(diff: PersonDiff, pg: PgPerson) -> bool:
@@ -85,13 +68,13 @@ def decide(
     if not needs_three_way(diff, pg):  # NULL counts as 0 and stays updatable (a deliberate difference)
         merged = simple_merge(pg.properties, diff)
     elif historic is None:
-        return PersonResult(diff, NOT_FOUND, pg.properties, None, pg.version, None), None
+        return PersonOutcome(diff, NOT_FOUND, pg.properties, None, pg.version, None), None
     else:
         merged = three_way_merge(historic, pg.properties, diff)
     if not merged.changed:
-        return PersonResult(diff, NO_CHANGES, pg.properties, pg.properties, pg.version, pg.version), None
+        return PersonOutcome(diff, NO_CHANGES, pg.properties, pg.properties, pg.version, pg.version), None
     after = version_after(pg.version, diff.baseline_version)
-    result = PersonResult(diff, SUCCESS, pg.properties, merged.properties, pg.version, after)
+    result = PersonOutcome(diff, SUCCESS, pg.properties, merged.properties, pg.version, after)
     if dry_run:
         return result, None
     updated_at_json, operation_json = merged.metadata_json()
@@ -115,10 +98,10 @@ def decide(
 def already_applied(diff: PersonDiff, applied: AppliedByJob) -> PersonResult:
     """A person an earlier attempt of this job updated: reported as that update, never written again."""
     message = json.loads(applied.payload)
-    return PersonResult(
+    return PersonOutcome(
         diff,
         SUCCESS,
         properties_after=json_loads(message["properties"]),
         version_after=applied.version,
-        already_applied=True,
+        already_done=True,
     )

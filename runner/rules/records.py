@@ -1,11 +1,14 @@
 """The person records the rules decide on and the store reads and writes: a locked Postgres row, a
-computed write, and what the job already wrote. Plain data, no I/O."""
+computed write, what the job already wrote, and a person's result (`PersonOutcome`, typed by the job's
+item: apply's `PersonDiff`, restore's `BackupEntry`). Plain data, no I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
+
+ItemT = TypeVar("ItemT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +61,20 @@ class AppliedByJob:
 
     version: int
     payload: str
+
+
+@dataclass(slots=True)
+class PersonOutcome(Generic[ItemT]):
+    """A person's result, as a job's rules decide it and the batch engine settles and counts it
+    (`runner.engine`): the job's item, the outcome, the state before and after (None where nothing was
+    written), whether an earlier attempt of the job wrote it (found through its outbox rows: reported as
+    that write, never written again), and why a person failed."""
+
+    item: ItemT
+    outcome: str
+    properties_before: dict[str, Any] | None = None
+    properties_after: dict[str, Any] | None = None
+    version_before: int | None = None
+    version_after: int | None = None
+    already_done: bool = False
+    reason: str | None = None  # why the person failed (invalid_value, version_conflict)

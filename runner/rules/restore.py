@@ -19,7 +19,7 @@ added key is removed by `keep_newer` when it still holds what the run wrote, and
 `restore_wins`. A backup without an after-state (written by other tools) gives no way to tell the job's
 keys apart: every key of its before-state counts, as in the original.
 
-`decide` is the restore's decision per backup entry, as the batch engine (`runner.engine.batch`) asks for it:
+`decide` is the restore's decision per backup entry, as the batch engine (`runner.engine`) asks for it:
 `not_found` when the locked row is not the person the job changed (another pk under the same uuid),
 `skipped` when the strategy finds nothing to restore, else `restored`, with what to write (version =
 current + 1, NULL counting as 0).
@@ -35,7 +35,7 @@ from uuid import UUID
 
 from runner.rules.engine import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
 from runner.rules.merge import json_dumps, json_loads
-from runner.rules.records import AppliedByJob, PersonWrite, PgPerson
+from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 
 STRATEGIES = ("keep_newer", "restore_wins", "full_overwrite")
 
@@ -182,30 +182,14 @@ class BackupEntry:
 
     @classmethod
     def of_row(cls, team_id: int, row: Sequence[Any]) -> BackupEntry:
-        """From a backup row as `runner.stores.persons.backup_pages` reads it."""
+        """From a backup row as `runner.stores.backups.backup_pages` reads it."""
         person_id, uuid, props, updated, operation, props_after, updated_after, operation_after = row
         after = None if props_after is None else PersonState.of(props_after, updated_after, operation_after)
         return cls(team_id, int(person_id), uuid, PersonState.of(props, updated, operation), after)
 
 
-@dataclass(slots=True)
-class PersonRestore:
-    entry: BackupEntry
-    outcome: str
-    properties_before: dict[str, Any] | None = None
-    properties_after: dict[str, Any] | None = None
-    version_before: int | None = None
-    version_after: int | None = None
-    already_restored: bool = False
-    reason: str | None = None  # why the person failed (invalid_value, version_conflict)
-
-    @property
-    def person_uuid(self) -> UUID:
-        return self.entry.uuid
-
-    @property
-    def already_done(self) -> bool:
-        return self.already_restored
+# An entry's result: the engine's `PersonOutcome` of a backup entry (`item` is the BackupEntry).
+PersonRestore = PersonOutcome[BackupEntry]
 
 
 def decide(
@@ -221,13 +205,13 @@ def decide(
     last_operation). Returns the result and what to write (None: nothing, or a dry run); `timestamp`
     is when the restore ran (its own backup's pending operations)."""
     if pg.id != entry.person_id or metadata is None:
-        return PersonRestore(entry, NOT_FOUND), None
+        return PersonOutcome(entry, NOT_FOUND), None
     current = PersonState.of(pg.properties, *metadata)
     change = restore_change(strategy, entry.before, entry.after, current)
     if change is None:
-        return PersonRestore(entry, SKIPPED, pg.properties, pg.properties, pg.version, pg.version), None
+        return PersonOutcome(entry, SKIPPED, pg.properties, pg.properties, pg.version, pg.version), None
     version_after = (pg.version or 0) + 1
-    result = PersonRestore(entry, RESTORED, pg.properties, change.state.properties, pg.version, version_after)
+    result = PersonOutcome(entry, RESTORED, pg.properties, change.state.properties, pg.version, version_after)
     if dry_run:
         return result, None
     updated_at_set, operation_set, removed = metadata_delta(current, change.state)
@@ -246,10 +230,10 @@ def decide(
 def already_restored(entry: BackupEntry, earlier: AppliedByJob) -> PersonRestore:
     """A person an earlier attempt of this restore job restored: reported as that write, not redone."""
     message = json.loads(earlier.payload)
-    return PersonRestore(
+    return PersonOutcome(
         entry,
         RESTORED,
         properties_after=json_loads(message["properties"]),
         version_after=earlier.version,
-        already_restored=True,
+        already_done=True,
     )

@@ -1,6 +1,6 @@
-"""The store of apply and restore: every statement against `posthog_person`, the backup table and the
-outbox (row locks, set-based writes, the job's own history), and the connections (R9.1 session
-settings, timeouts, keepalives, reconnection with bounded backoff; `Control` for the ledger).
+"""The persons store of apply and restore: every statement against `posthog_person` and the outbox rows
+written with it (row locks, set-based writes, the job's own history). The connections these statements
+run on are in `runner.stores.connections`, the backup table's reads in `runner.stores.backups`.
 
 A chunk of persons is written with a fixed number of statements whatever its size: each person's change
 (apply: ClickHouse's SET and SET_ONCE texts, the keys not to write, the keys to remove; restore: the
@@ -15,38 +15,19 @@ the transaction.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import set_json_loads
 
-from runner.rules.merge import exact_json_loads, json_loads
 from runner.rules.records import AppliedByJob, PersonWrite, PgPerson
 
-log = logging.getLogger("runner.stores.persons")
-
-APPLICATION_NAME = "person_property_reconciliation"
-
-# R9.1; lock_timeout only guards statements that could wait at all: row locks are taken with
-# SKIP LOCKED and the writes touch rows this transaction already holds.
-SESSION_SETTINGS = (
-    ("application_name", APPLICATION_NAME),
-    ("lock_timeout", "5s"),
-    ("statement_timeout", "30min"),
-    ("synchronous_commit", "off"),
-    # Not R9.1: a chunk's rows (~1.5 kB each) are held by the write statement's CTE and sorted once;
-    # the default 4MB spills a 10k-person chunk to temporary files.
-    ("work_mem", "64MB"),
-)
-
+# The chunk table a batch connection creates (`runner.stores.connections.connect`): a chunk's changes,
+# COPied in, then merged by one statement (_WRITE_SQL).
 _CHUNK_TABLE = "recon_apply_chunk"
-_CHUNK_DDL = f"""
+CHUNK_DDL = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_CHUNK_TABLE} (
     ord integer NOT NULL,
     id bigint NOT NULL,
@@ -201,112 +182,6 @@ class ChunkWritten:
     outbox: list[OutboxBatch] = field(default_factory=list)
     lost: list[UUID] = field(default_factory=list)
     invalid: dict[UUID, str] = field(default_factory=dict)
-
-
-# Issue 11, fault 4: a connection attempt gives up after connect_timeout, and TCP keepalives find a
-# peer that vanished (a dead backend or network) instead of waiting on it forever.
-CONNECT_OPTIONS: dict[str, Any] = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
-# Waits between attempts to reopen a lost connection (bounded: then the error stands).
-RECONNECT_WAITS = (0.5, 1.0, 2.0, 4.0)
-
-T = TypeVar("T")
-
-
-def with_reconnect(open_connection: Callable[[], T]) -> T:
-    """Open a connection, retrying with bounded backoff while Postgres cannot be reached."""
-    for wait in RECONNECT_WAITS:
-        try:
-            return open_connection()
-        except psycopg.OperationalError as exc:
-            log.warning("Cannot connect to Postgres (%s); retrying in %.1fs", str(exc).strip(), wait)
-            time.sleep(wait)
-    return open_connection()
-
-
-class Control:
-    """The autocommit connection of the run ledger and the outbox marks, shared by the threads of a
-    run. A lost connection is reopened (bounded backoff) at its next use, and a call that found it lost
-    is made once more on the new one, so a lost connection never leaves the ledger behind."""
-
-    def __init__(self, url: str, application_name: str = APPLICATION_NAME):
-        self._url = url
-        self._application_name = application_name
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _open(self) -> psycopg.Connection:
-        return psycopg.connect(
-            self._url, autocommit=True, application_name=self._application_name, **CONNECT_OPTIONS
-        )
-
-    def get(self) -> psycopg.Connection:
-        with self._lock:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
-                    self._conn.close()
-                    log.warning("The control connection to Postgres was lost; reconnecting")
-                self._conn = with_reconnect(self._open)
-            return self._conn
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        conn = self.get()
-        try:
-            return fn(conn, *args, **kwargs)
-        except psycopg.OperationalError:
-            if not (conn.broken or conn.closed):
-                raise
-            return fn(self.get(), *args, **kwargs)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-
-
-def connect(url: str, *, read_only: bool = False, exact: bool = False) -> psycopg.Connection:
-    """The apply connection: transactions committed per batch (never autocommit), R9.1 settings.
-    Retried with bounded backoff while Postgres cannot be reached. jsonb columns are decoded through
-    orjson where that is exact (`json_loads`); with `exact` every fractional number keeps its text
-    (`exact_json_loads`, restore's whole-properties writes)."""
-    return with_reconnect(lambda: _connect(url, read_only, exact))
-
-
-def _connect(url: str, read_only: bool, exact: bool) -> psycopg.Connection:
-    conn = psycopg.connect(url, autocommit=False, **CONNECT_OPTIONS)
-    set_json_loads(exact_json_loads if exact else json_loads, conn)
-    with conn.cursor() as cur:
-        for name, value in SESSION_SETTINGS:
-            cur.execute("SELECT set_config(%s, %s, false)", (name, value))
-        if not read_only:
-            cur.execute(_CHUNK_DDL)
-    conn.commit()
-    if read_only:
-        conn.read_only = True
-    return conn
-
-
-def name_session(conn: psycopg.Connection, application_name: str) -> None:
-    """Name a `connect` connection's session other than apply's (restore: R13.3), for its whole life."""
-    conn.execute("SELECT set_config('application_name', %s, false)", (application_name,))
-    conn.commit()
-
-
-def connect_reader(url: str, application_name: str, *, exact: bool = False) -> psycopg.Connection:
-    """An autocommit connection for reads outside the batches' transactions (restore's backup pages,
-    read ahead on a thread of their own); jsonb decoded as `connect` does."""
-
-    def open_connection() -> psycopg.Connection:
-        conn = psycopg.connect(url, autocommit=True, application_name=application_name, **CONNECT_OPTIONS)
-        set_json_loads(exact_json_loads if exact else json_loads, conn)
-        return conn
-
-    return with_reconnect(open_connection)
 
 
 def _uuid_array(uuids: Sequence[UUID]) -> str:
@@ -537,7 +412,7 @@ def _write_set(
     return ChunkWritten(int(updated), int(backups), outbox, [UUID(u) for u in lost or ()])
 
 
-# --- the job's own history, the metadata maps, the backup table --------------------------------------
+# --- the job's own history, the metadata maps ----------------------------------------------------------
 
 
 def job_touched_team(conn: psycopg.Connection, job_id: str, team_id: int) -> bool:
@@ -559,85 +434,3 @@ def person_metadata(conn: psycopg.Connection, team_id: int, ids: Sequence[int]) 
         (team_id, list(ids)),
     ).fetchall()
     return {int(pid): (updated, operation) for pid, updated, operation in rows}
-
-
-BACKUP_TABLE = "posthog_person_reconciliation_backup"
-_BACKUP_COLUMNS = (
-    "person_id, uuid, properties, properties_last_updated_at, properties_last_operation, "
-    "properties_after, properties_last_updated_at_after, properties_last_operation_after"
-)
-
-
-@dataclass(frozen=True)
-class BackupSelection:
-    """The backup rows of one job, optionally narrowed to teams, person pks and uuids."""
-
-    job_id: str
-    team_ids: Sequence[int] = ()
-    person_ids: Sequence[int] = ()
-    person_uuids: Sequence[UUID] = ()
-
-    def where(self) -> tuple[str, dict[str, Any]]:
-        clauses = ["job_id = %(job)s"]
-        params: dict[str, Any] = {"job": self.job_id}
-        if self.team_ids:
-            clauses.append("team_id = ANY(%(teams)s)")
-            params["teams"] = list(self.team_ids)
-        if self.person_ids:
-            clauses.append("person_id = ANY(%(pks)s)")
-            params["pks"] = list(self.person_ids)
-        if self.person_uuids:
-            clauses.append("uuid = ANY(%(uuids)s)")
-            params["uuids"] = list(self.person_uuids)
-        return " AND ".join(clauses), params
-
-
-def job_has_backups(conn: psycopg.Connection, job_id: str) -> bool:
-    return (
-        conn.execute(f"SELECT 1 FROM {BACKUP_TABLE} WHERE job_id = %s LIMIT 1", (job_id,)).fetchone()
-        is not None
-    )
-
-
-def backup_counts(conn: psycopg.Connection, selection: BackupSelection) -> list[tuple[int, int]]:
-    """(team id, selected backup rows) per team, ascending."""
-    where, params = selection.where()
-    return [
-        (int(team), int(n))
-        for team, n in conn.execute(
-            f"SELECT team_id, count(*) FROM {BACKUP_TABLE} WHERE {where} GROUP BY team_id ORDER BY team_id",
-            params,
-        )
-    ]
-
-
-def backup_values(conn: psycopg.Connection, selection: BackupSelection, column: str) -> set[Any]:
-    """The distinct person pks (`person_id`) or uuids (`uuid`) of the selected backup rows."""
-    if column not in ("person_id", "uuid"):
-        raise ValueError(f"not a backup selection column: {column!r}")
-    where, params = selection.where()
-    return {
-        row[0] for row in conn.execute(f"SELECT DISTINCT {column} FROM {BACKUP_TABLE} WHERE {where}", params)
-    }
-
-
-def backup_pages(
-    conn: psycopg.Connection, selection: BackupSelection, team_id: int, page_size: int
-) -> Iterator[list[tuple[Any, ...]]]:
-    """The team's selected backup rows (`person_id, uuid`, the before maps, the after maps) in keyset
-    pages of `page_size`, ordered by person pk (on a connection of its own: `connect_reader`)."""
-    where, params = selection.where()
-    params = {**params, "team": team_id, "n": page_size}
-    after: int | None = None
-    while True:
-        keyset = "" if after is None else "AND (team_id, person_id) > (%(team)s, %(after)s)"
-        rows = conn.execute(
-            f"SELECT {_BACKUP_COLUMNS} FROM {BACKUP_TABLE} WHERE {where} AND team_id = %(team)s {keyset} "
-            "ORDER BY team_id, person_id LIMIT %(n)s",
-            {**params, "after": after},
-        ).fetchall()
-        if rows:
-            yield [tuple(row) for row in rows]
-        if len(rows) < page_size:
-            return
-        after = int(rows[-1][0])

@@ -101,6 +101,6 @@ def test_three_way_pairs_are_the_locked_rows_past_their_baseline():
 def test_already_applied_reports_the_earlier_update():
     payload = json.dumps({"properties": json.dumps({"plan": "enterprise"}), "version": 13})
     result = already_applied(WORKED, AppliedByJob(13, payload))
-    assert result.outcome == SUCCESS and result.already_applied and result.already_done
+    assert result.outcome == SUCCESS and result.already_done
     assert result.properties_after == {"plan": "enterprise"} and result.version_after == 13
-    assert result.person_uuid == P
+    assert result.item.person_uuid == P

@@ -1,11 +1,11 @@
-"""How the batch engine's jobs cut their chunks (`runner.engine.batch.cut_at_batches`, restore's backup
+"""How the batch engine's jobs cut their chunks (`runner.engine.reader.cut_at_batches`, restore's backup
 pages): at most a page, never across a batch boundary. Pure: no stack needed."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.engine.batch import cut_at_batches
+from runner.engine.reader import cut_at_batches
 from runner.jobs.restore import RestoreConfig, RestoreJob
 
 

@@ -64,8 +64,8 @@ def test_default_restore_job_id():
 
 
 def team(status: str, **outcomes: int) -> TeamRestore:
-    t = TeamRestore(4, sum(outcomes.values()), status=status, outcomes=Counter(outcomes))
-    t.restored = outcomes.get("restored", 0)
+    t = TeamRestore(4, status=status, outcomes=Counter(outcomes), backups=sum(outcomes.values()))
+    t.updated = outcomes.get("restored", 0)
     t.duration_seconds = 1.5
     return t
 

@@ -137,9 +137,9 @@ def test_messages_past_the_memory_bound_are_read_back_from_the_outbox(
     """A batch whose messages are more than apply keeps in memory (here: 3) is published from its outbox
     rows after the commit; several written chunks (pages of 2) make one batch, each its own outbox
     batch, all marked published once confirmed."""
-    from runner.engine import batch as engine
+    from runner.engine import batches
 
-    monkeypatch.setattr(engine, "KEPT_MESSAGES", 3)
+    monkeypatch.setattr(batches, "KEPT_MESSAGES", 3)
     uuids = seed_simple(env, 1, 7)
     insert_summary(env["ch"], {1: 7})
     run = run_apply("--job-id", "job-kept", "--batch-size", "0", "--page-size", "2", "--output", "json")

@@ -1,0 +1,90 @@
+"""A chunk decided, before its write (`decide_chunk`): the job screens it (persons that fail up front),
+the persons an earlier attempt of the job already wrote are looked up in the outbox (only when that
+attempt touched the team) and reported, never written twice; the other rows are locked with `SKIP
+LOCKED` in LOCK_ATTEMPTS quick attempts (`lock_rows`, `runner.rules.engine`), the job reads what it needs
+for the locked rows (its prefetch) and decides every person.
+
+Fault point (`runner.config.faults`): `before_lock` (a chunk's rows are about to be locked; the batch
+before it may still be committing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from uuid import UUID
+
+import psycopg
+
+from runner.config import faults
+from runner.engine.job import ItemT, Job, PrefetchT, TeamT
+from runner.rules.engine import HELD, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, NOT_FOUND, VERSION_CONFLICT
+from runner.rules.records import PersonOutcome, PersonWrite, PgPerson
+from runner.stores import persons
+
+
+def decide_chunk(
+    job: Job[ItemT, TeamT, PrefetchT],
+    conn: psycopg.Connection,
+    team_id: int,
+    chunk: list[ItemT],
+    *,
+    resumed: bool,
+) -> tuple[list[PersonOutcome[ItemT]], list[PersonWrite]]:
+    """Lock the chunk's rows and decide every person; returns the results and what to write. `resumed`:
+    an earlier attempt of the job touched the team."""
+    chunk, early = job.screen(team_id, chunk)
+    uuids = [job.uuid_of(item) for item in chunk]
+    done = persons.applied_by_job(conn, job.ledger_job_id, team_id, uuids) if resumed else {}
+    faults.point("before_lock")
+    lockable = [u for u in uuids if u not in done and u not in early]
+    rows, missing, locked_out = lock_rows(conn, team_id, lockable, lock=not job.dry_run, log=job.log)
+    prefetched = job.prefetch(
+        conn, team_id, [i for i, u in zip(chunk, uuids, strict=True) if u in rows], rows
+    )
+    results: list[PersonOutcome[ItemT]] = []
+    writes: list[PersonWrite] = []
+    for item, uuid in zip(chunk, uuids, strict=True):
+        if uuid in early:
+            result = early[uuid]
+        elif uuid in done:
+            result = job.already_done(item, done[uuid])
+        elif uuid in missing:
+            result = job.unsettled(item, NOT_FOUND)
+        elif uuid in locked_out:
+            result = job.unsettled(item, VERSION_CONFLICT, HELD)
+        else:
+            result, write = job.decide(item, rows[uuid], prefetched)
+            if write is not None:
+                writes.append(write)
+        if result.outcome == NOT_FOUND:
+            job.log.warning("Person %s of team %d: %s", job.describe(item), team_id, result.outcome)
+        elif result.outcome == VERSION_CONFLICT:  # a warning only if the end-of-team retry fails too
+            job.log.info(
+                "Person %s of team %d: row held; retried at the end of the team", job.describe(item), team_id
+            )
+        results.append(result)
+    return results, writes
+
+
+def lock_rows(
+    conn: psycopg.Connection, team_id: int, uuids: list[UUID], *, lock: bool, log: logging.Logger
+) -> tuple[dict[UUID, PgPerson], set[UUID], set[UUID]]:
+    """Lock (`lock=False`, a dry run: read) the rows, retrying those another transaction holds.
+    Returns (rows, uuids without a row, uuids still locked by others)."""
+    rows: dict[UUID, PgPerson] = {}
+    missing: set[UUID] = set()
+    pending = uuids
+    for attempt in range(LOCK_ATTEMPTS):
+        rows.update(persons.lock_persons(conn, team_id, pending, lock=lock, with_metadata=False))
+        pending = [u for u in pending if u not in rows]
+        if not pending:
+            break
+        exists = persons.existing_uuids(conn, team_id, pending)
+        missing.update(u for u in pending if u not in exists)
+        pending = [u for u in pending if u in exists]
+        if not pending or attempt == LOCK_ATTEMPTS - 1:
+            break
+        log.info("Team %d: %d persons locked by another transaction; retrying", team_id, len(pending))
+        time.sleep(LOCK_RETRY_WAITS[attempt])
+    return rows, missing, set(pending)
