@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from runner.commands.schedule import run_pipeline
 from runner.jobs.chunk_run import ChunkResult
+from runner.jobs.schedule import run_pipeline
 from runner.rules.scheduling import Chunk
 
 
