@@ -9,6 +9,8 @@ Exit codes: 0 nothing remains (list: no pending or quarantined message matched; 
 published; discard: done); 1 something remains (listed, or not published by the retry); 2 bad usage or
 configuration (no selection, ids not in the selected states, Postgres or Kafka unreachable), nothing
 changed.
+
+The jobs are `runner.jobs.outbox`; this module is the commands and their output.
 """
 
 from __future__ import annotations
@@ -21,11 +23,8 @@ from typing import IO, Any, TypeVar
 import click
 
 from runner.commands import options
-from runner.config import settings
-from runner.config.settings import ConfigError
+from runner.jobs import outbox as outbox_jobs
 from runner.stores import outbox
-from runner.stores.pg_schema import check_postgres, connect
-from runner.stores.publisher import Publisher, check_broker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,22 +89,6 @@ def _require_explicit(selection: outbox.Selection, select_all: bool) -> None:
         raise click.UsageError("select the messages: --id, --job-id, --team-id, or --all")
 
 
-def _pg_url() -> str:
-    url = settings.persons_db_url()
-    if not url:
-        raise ConfigError(f"no Postgres configured ({settings.ENV_PERSONS_DB})")
-    check_postgres(url)
-    return url
-
-
-def _check_ids(conn: Any, selection: outbox.Selection, what: str) -> None:
-    missing = outbox.missing_ids(conn, selection)
-    if missing:
-        raise ConfigError(
-            f"outbox message(s) {missing} cannot be {what}: unknown, or not {' or '.join(selection.statuses)}"
-        )
-
-
 @click.group("outbox")
 def outbox_group() -> None:
     """Outbox messages not in Kafka: list, retry or discard pending and quarantined messages.
@@ -142,9 +125,7 @@ def list_cmd(
     Exit codes: 0 no quarantined or pending message matched; 1 some did; 2 bad usage or configuration.
     """
     selection = _selection(ids, job_id, team_id, statuses, outbox.OPEN_STATUSES)
-    with connect(_pg_url(), autocommit=True) as conn:
-        counts = outbox.counts(conn, selection)
-        messages = outbox.list_messages(conn, selection, limit)
+    counts, messages = outbox_jobs.list_messages(selection, limit)
     if output == "json":
         json.dump({"counts": counts, "messages": [_message_json(m) for m in messages]}, sys.stdout)
         sys.stdout.write("\n")
@@ -230,46 +211,27 @@ def retry_cmd(
     """
     selection = _selection(ids, job_id, team_id, statuses, outbox.OPEN_STATUSES)
     _require_explicit(selection, select_all)
-    pg_url = _pg_url()
-    cfg = settings.Settings.load()
-    bootstrap = settings.kafka_bootstrap()
-    if not bootstrap:
-        raise ConfigError(f"no Kafka configured ({settings.ENV_KAFKA})")
-    with connect(pg_url, autocommit=True) as conn:
-        _check_ids(conn, selection, "retried")
-        check_broker(bootstrap, cfg.person_topic)
-        before = outbox.counts(conn, selection)
-        total = sum(before.values())
-        if not total:
-            click.echo("nothing to retry")
-            return
-        states = ", ".join(f"{n} {status}" for status, n in before.items())
+
+    def started(selected: dict[str, int]) -> None:
+        total = sum(selected.values())
+        states = ", ".join(f"{n} {status}" for status, n in selected.items())
         click.echo(f"retrying {total} message{'s' if total != 1 else ''} ({states})")
-        ids_taken: list[int] = []
-        publisher = Publisher(
-            bootstrap, cfg.person_topic, timeout=publish_timeout, message_max_bytes=message_max_bytes
-        )
-        try:
-            for page in outbox.pages(conn, selection, page_size=1000):
-                ids_taken.extend(row[0] for row in page)
-                publisher.produce_rows(page)
-                publisher.mark_published(conn)
-            failures = publisher.confirm(conn)
-        finally:
-            publisher.close()
-        after = outbox.counts(conn, outbox.Selection(statuses=(outbox.PUBLISHED,), ids=tuple(ids_taken)))
-    published = after[outbox.PUBLISHED]
-    rejected = publisher.quarantined_total
-    unconfirmed = len(ids_taken) - published - rejected
-    line = f"{published} published, {rejected} quarantined"
-    if unconfirmed > 0:
-        line += f", {unconfirmed} not confirmed by Kafka (left as they were)"
+
+    result = outbox_jobs.retry(
+        selection, publish_timeout=publish_timeout, message_max_bytes=message_max_bytes, on_start=started
+    )
+    if not sum(result.selected.values()):
+        click.echo("nothing to retry")
+        return
+    line = f"{result.published} published, {result.quarantined} quarantined"
+    if result.unconfirmed > 0:
+        line += f", {result.unconfirmed} not confirmed by Kafka (left as they were)"
     click.echo(line)
-    for team, error in sorted(failures.items()):
+    for team, error in sorted(result.failures.items()):
         click.echo(f"team {team}: {error}", err=True)
-    if rejected:
+    if result.quarantined:
         click.echo("see their errors with `runner outbox list --status quarantined`", err=True)
-    sys.exit(0 if published == len(ids_taken) else 1)
+    sys.exit(0 if result.complete else 1)
 
 
 @outbox_group.command("discard")
@@ -295,9 +257,7 @@ def discard_cmd(
     """
     selection = _selection(ids, job_id, team_id, statuses, (outbox.QUARANTINED,))
     _require_explicit(selection, select_all)
-    with connect(_pg_url(), autocommit=True) as conn:
-        _check_ids(conn, selection, "discarded")
-        discarded = outbox.discard(conn, selection, reason)
+    discarded = outbox_jobs.discard(selection, reason)
     if not discarded:
         click.echo("nothing to discard")
         return
