@@ -19,6 +19,7 @@ from uuid import UUID
 
 import psycopg
 
+from runner.rules.engine import TEAM_FAILED
 from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 from runner.stores import ledger, metrics
 
@@ -48,7 +49,9 @@ class TeamCounts:
 
     @property
     def processed(self) -> int:
-        return sum(self.outcomes.values())
+        """Persons handled: every outcome but `team_failed` (R9.14). A failed team's rolled-back batch
+        handled nobody: its persons count in `outcomes` (and the tables' failed column), not here."""
+        return sum(n for outcome, n in self.outcomes.items() if outcome != TEAM_FAILED)
 
     @property
     def skipped(self) -> int:

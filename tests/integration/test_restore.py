@@ -476,10 +476,21 @@ def test_failing_team_is_reported_and_the_others_restored(applied, pg_rows):
     finally:
         pg.execute("DROP TRIGGER restore_test_reject ON posthog_person; DROP FUNCTION restore_test_reject()")
     assert run.exit_code == 1
-    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    summary = run.summary()
+    teams = {t["team_id"]: t for t in summary["teams"]}
     assert teams[1]["status"] == "succeeded" and teams[1]["restored"] == 3
     assert teams[2]["status"] == "failed" and "restore_test_reject" in teams[2]["error"]
     assert teams[2]["outcomes"]["team_failed"] == 1
+    # Nothing of team 2 was written: its entry adds 0 to the processed and skipped counts.
+    assert [teams[2][c] for c in ("processed", "restored", "skipped", "commits")] == [0, 0, 0, 0]
+    assert [summary[c] for c in ("processed", "restored", "skipped")] == [
+        teams[1]["processed"],
+        3,
+        teams[1]["skipped"],
+    ]
+    assert pg_rows(
+        "SELECT processed, updated, skipped FROM recon_run_team WHERE job_id = 'undo-fail' AND team_id = 2"
+    ) == [(0, 0, 0)]
     assert run.persons()[str(E)]["outcome"] == "team_failed"
     assert state(pg_rows)[E] == applied["after"][E]
     assert pg_rows("SELECT team_id, status FROM recon_run_team WHERE job_id = 'undo-fail' ORDER BY 1") == [
@@ -495,6 +506,15 @@ def test_failing_team_is_reported_and_the_others_restored(applied, pg_rows):
         .result_rows
     )
     assert errors == [({"job_name": "person_property_restore_job", "chunk_id": "team_2", "reason": "error"},)]
+    processed = (
+        applied["ch"]
+        .query(
+            "SELECT increment FROM posthog.custom_metrics_counter_events "
+            "WHERE name = 'person_property_restore_persons_processed_total' AND labels['chunk_id'] = 'team_2'"
+        )
+        .result_rows
+    )
+    assert processed == [(0.0,)]
     # Resuming the restore job restores team 2 once the obstacle is gone.
     again = run_restore("--job-id", "job-a", "--restore-job-id", "undo-fail", "--output", "json")
     assert again.exit_code == 0, again.stderr

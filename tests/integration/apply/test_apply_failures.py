@@ -54,13 +54,15 @@ def test_failing_team_is_rolled_back_and_reported_while_others_continue(
     teams = {t["team_id"]: t for t in summary["teams"]}
     assert teams[1]["status"] == teams[3]["status"] == "succeeded"
     assert teams[2]["status"] == "failed" and "apply_test_reject" in teams[2]["error"]
-    # The first batch of team 2 was committed and published; its second batch was rolled back.
+    # The first batch of team 2 was committed and published; its second batch was rolled back: its two
+    # persons are team_failed, handled by nobody (neither processed nor skipped).
     assert (teams[2]["processed"], teams[2]["updated"], teams[2]["skipped"], teams[2]["commits"]) == (
-        4,
         2,
         2,
+        0,
         1,
     )
+    assert teams[2]["outcomes"]["team_failed"] == 2
     lines = run.persons()
     assert [lines[str(u)]["outcome"] for u in team2] == ["success", "success", "team_failed", "team_failed"]
     assert lines[str(team2[2])]["properties_after"] is None and lines[str(team2[2])]["version_after"] is None
@@ -111,6 +113,37 @@ def test_failing_team_is_rolled_back_and_reported_while_others_continue(
     assert [again.persons()[str(u)]["outcome"] for u in team2[:3]] == ["success"] * 3
     assert again.summary()["teams"][0]["commits"] == 1  # only the third person was written
     assert pg_rows("SELECT status FROM recon_run_team WHERE team_id = 2") == [("succeeded",)]
+
+
+def test_team_failing_before_any_person_is_applied_counts_no_person(env, run_apply, pg_rows):
+    """A team whose only batch fails (nothing of it written) adds 0 to the processed and skipped counts
+    of its team, of the job and of the metrics: its persons are `team_failed`, not handled."""
+    seed_team(env, 1, 1)
+    team2 = seed_team(env, 2, 1, poisoned=0)
+    insert_summary(env["ch"], {1: 1, 2: 1})
+
+    run = run_apply("--job-id", "job-whole", "--output", "json")
+    assert run.exit_code == 1
+    summary = run.summary()
+    teams = {t["team_id"]: t for t in summary["teams"]}
+    assert teams[2]["status"] == "failed" and "apply_test_reject" in teams[2]["error"]
+    assert teams[2]["outcomes"]["team_failed"] == 1
+    counts = ("processed", "updated", "skipped", "commits")
+    assert [teams[2][c] for c in counts] == [0, 0, 0, 0]
+    assert (summary["processed"], summary["updated"], summary["skipped"]) == (1, 1, 0)
+    assert run.persons()[str(team2[0])]["outcome"] == "team_failed"
+    assert pg_rows("SELECT processed, updated, skipped FROM recon_run_team WHERE team_id = 2") == [(0, 0, 0)]
+    assert pg_rows("SELECT count(*) FROM posthog_person WHERE team_id = 2 AND version <> 2") == [(0,)]
+    metrics = dict(
+        env["ch"]
+        .query(
+            "SELECT name, increment FROM posthog.custom_metrics_counter_events "
+            "WHERE name LIKE 'person_property_reconciliation_persons_%'"
+        )
+        .result_rows
+    )
+    assert metrics["person_property_reconciliation_persons_processed_total"] == 1.0
+    assert metrics["person_property_reconciliation_persons_skipped_total"] == 0.0
 
 
 def test_unpublished_messages_of_earlier_runs_are_published_first(env, run_apply, pg_rows, kafka_bootstrap):
