@@ -44,6 +44,8 @@ class _Flight(Generic[ItemT, TeamT]):
 
 
 class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
+    """The batches of every team of a run, on two connections and the writer thread."""
+
     def __init__(
         self,
         job: Job[ItemT, TeamT, PrefetchT],
