@@ -73,6 +73,16 @@ def parse_args() -> argparse.Namespace:
         help="repeats that also time the original job's approach (slow in windowed mode)",
     )
     parser.add_argument(
+        "--plot",
+        default=None,
+        help="draw time vs events (full, +1h, late, original, floor per mode) into this PNG",
+    )
+    parser.add_argument(
+        "--from-results",
+        default=None,
+        help="comma-separated result JSON files to plot (with --plot) instead of running the bench",
+    )
+    parser.add_argument(
         "--top-queries",
         type=int,
         default=0,
@@ -105,6 +115,10 @@ def open_engine(path: Path, workdir: Path) -> Any:
 
 def main() -> int:
     args = parse_args()
+    if args.from_results:
+        rows = [row for path in args.from_results.split(",") for row in json.loads(Path(path).read_text())]
+        plot(rows, Path(args.plot or "docs/bench_models.png"))
+        return 0
     global TOP_QUERIES
     TOP_QUERIES = args.top_queries
     workdir = Path(args.chdb_path or tempfile.mkdtemp(prefix="recon-bench-"))
@@ -153,6 +167,8 @@ def main() -> int:
     path = out / f"bench_models_{datetime.now():%Y%m%d_%H%M%S}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"\nfigures written to {path.relative_to(PROJECT)}")
+    if args.plot:
+        plot(results, Path(args.plot))
     engine.close()
     if not args.chdb_path:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -533,6 +549,44 @@ def print_table(results: list[dict]) -> None:
         "(wall minus models) is apart.\ngoals: full <= 2x floor and faster than the original; +1h and a late "
         "hour <= 10% of full at 5M events"
     )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Seconds against events, one panel per mode: the models' full build, +1 hour and late hour
+    builds, the original job and the floor (medians as the table has them); peak memory on the right
+    axis of each panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    figure, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    series = (
+        ("full_models_s", "full build (models)", "-o"),
+        ("hour_models_s", "+1 hour (models)", "-s"),
+        ("late_models_s", "late hour (models)", "-^"),
+        ("original_s", "original job", "--x"),
+        ("floor_s", "floor (one scan)", ":."),
+    )
+    for axis, mode in zip(axes[0], modes, strict=True):
+        points = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["events"])
+        events = [r["events"] / 1e6 for r in points]
+        for key, label, style in series:
+            axis.plot(events, [r[key] for r in points], style, label=label)
+        axis.set_title(mode.replace("_", " "))
+        axis.set_xlabel("events (millions)")
+        axis.set_ylabel("seconds (log scale)")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        memory = axis.twinx()
+        memory.plot(events, [r.get("full_peak_mib", 0) for r in points], "-", color="grey", alpha=0.4)
+        memory.set_ylabel("peak memory of the full build (MiB, grey)")
+        axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    print(f"plot written to {path}")
 
 
 if __name__ == "__main__":
