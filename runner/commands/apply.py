@@ -4,6 +4,9 @@ Exit codes: 0 every team succeeded; 1 at least one team failed or is incomplete 
 were not applied: `version_conflict` after the retries, `invalid_value`), or the run stopped early
 (unpublished messages of an earlier run could not be published, or Postgres was lost), or messages of
 the job are quarantined (see `runner outbox`); 2 bad usage or configuration, nothing written.
+
+The job is `runner.jobs.apply` (started by `runner.jobs.launch`), its JSON lines `runner.jobs.output`;
+this module is the command and its human output.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tempfile
 import uuid
 from collections.abc import Sequence
 from typing import IO, Any
@@ -19,132 +21,26 @@ from typing import IO, Any
 import click
 
 from runner.commands import options
-from runner.config import settings
-from runner.config.settings import ConfigError
 from runner.jobs.apply import (
     INVALID_VALUE,
     NO_CHANGES,
     NOT_FOUND,
-    OUTCOMES,
     SUCCESS,
     TEAM_FAILED,
     VERSION_CONFLICT,
-    Applier,
     ApplyConfig,
     PersonResult,
     RunResult,
     TeamResult,
 )
-from runner.rules.merge import diff_entries, display_default, json_dumps
-from runner.stores import diffs, job_lock, ledger, outbox
-from runner.stores import warehouse as wh
-from runner.stores.pg_schema import check_postgres
-from runner.stores.publisher import Publisher, check_broker
+from runner.jobs.launch import run_apply
+from runner.jobs.output import JsonSink, semantics_of
+from runner.rules.merge import display_default
+from runner.stores import diffs, ledger, outbox
 
 log = logging.getLogger("runner.apply")
 
 SHOWN_FAILURES = 10  # persons not applied, listed per team in the human output
-
-# --- JSON lines ------------------------------------------------------------------------------------
-
-
-def person_line(result: PersonResult) -> dict[str, Any]:
-    diff = result.item
-    set_values, set_once_values, unset_keys, timestamps = diff_entries(diff)
-    return {
-        "type": "person",
-        "team_id": diff.team_id,
-        "person_uuid": str(diff.person_uuid),
-        "outcome": result.outcome,
-        "ch_version": diff.baseline_version,
-        "set": set_values,
-        "set_once": set_once_values,
-        "unset": unset_keys,
-        "timestamps": timestamps,
-        "properties_before": result.properties_before,
-        "properties_after": result.properties_after,
-        "version_before": result.version_before,
-        "version_after": result.version_after,
-        "reason": result.reason,
-    }
-
-
-def semantics_of(teams: Sequence[diffs.TeamSummary]) -> str:
-    """The diff's `semantics` var (teams kept from other builds may differ: all of them, joined)."""
-    return "+".join(sorted({t.semantics for t in teams})) or "original"
-
-
-def summary_line(run: RunResult) -> dict[str, Any]:
-    return {
-        "type": "summary",
-        "job_id": run.job_id,
-        "dry_run": run.dry_run,
-        "teams": [
-            {
-                "team_id": t.team_id,
-                "status": t.status,
-                "error": t.error,
-                "processed": t.processed,
-                "updated": t.updated,
-                "skipped": t.skipped,
-                "commits": t.commits,
-                "outcomes": {o: t.outcomes.get(o, 0) for o in OUTCOMES},
-                "failures": [{"person_uuid": u, "outcome": o, "reason": r} for u, o, r in t.failures],
-            }
-            for t in run.teams
-        ],
-        "processed": run.total("processed"),
-        "updated": run.total("updated"),
-        "skipped": run.total("skipped"),
-        "quarantined": run.quarantined,
-        "quarantine_note": outbox.quarantine_note(run.job_id, run.quarantined) if run.quarantined else None,
-    }
-
-
-class JsonSink:
-    """JSON lines on stdout: a person's line is written once its batch closed; lines of a rolled-back
-    batch come out as `team_failed`. Staged lines wait in a spooled file, so memory stays flat even with
-    `--batch-size 0`."""
-
-    def __init__(self, out: IO[str]):
-        self.out = out
-        self._semantics = "original"
-        self._staged: Any = tempfile.SpooledTemporaryFile(
-            max_size=32 * 1024 * 1024, mode="w+", encoding="utf-8"
-        )
-
-    def run_started(self, job_id: str, dry_run: bool, teams: Sequence[diffs.TeamSummary]) -> None:
-        self._semantics = semantics_of(teams)
-
-    def stage(self, result: PersonResult) -> None:
-        self._staged.write(json_dumps(person_line(result)))  # numbers as their exact text
-        self._staged.write("\n")
-
-    def _drain(self) -> Any:
-        self._staged.seek(0)
-        yield from self._staged
-        self._staged.seek(0)
-        self._staged.truncate()
-
-    def batch_closed(self) -> None:
-        for line in self._drain():
-            self.out.write(line)
-        self.out.flush()
-
-    def batch_failed(self) -> None:
-        for line in self._drain():
-            record = json.loads(line)
-            record.update(outcome=TEAM_FAILED, properties_after=None, version_after=None)
-            self.out.write(json.dumps(record) + "\n")
-        self.out.flush()
-
-    def team_finished(self, team: TeamResult) -> None:
-        pass
-
-    def run_finished(self, run: RunResult) -> None:
-        self.out.write(json.dumps({**summary_line(run), "semantics": self._semantics}) + "\n")
-        self.out.flush()
-
 
 # --- human output ----------------------------------------------------------------------------------
 
@@ -305,16 +201,6 @@ class HumanSink:
 # --- command ---------------------------------------------------------------------------------------
 
 
-def _select_teams(summaries: list[diffs.TeamSummary], team_ids: tuple[int, ...]) -> list[diffs.TeamSummary]:
-    known = {t.team_id for t in summaries}
-    unknown = sorted(set(team_ids) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown team id(s) {unknown}: not in the diff summary (the teams the models selected)"
-        )
-    return [t for t in summaries if not team_ids or t.team_id in team_ids]
-
-
 @click.command("apply")
 @options.dry_run_option(
     "Compute and report what would change; write nothing at all (Postgres, Kafka, ledger, metrics)."
@@ -392,30 +278,7 @@ def apply(
         publish_timeout=publish_timeout,
         max_rate=max_rate,
     )
-    cfg = settings.Settings.load()
-    clickhouse = wh.client(cfg.clickhouse_url)
-    teams = _select_teams(diffs.read_team_summaries(clickhouse, cfg.target_schema), config.team_ids)
-    pg_url = settings.persons_db_url()
-    assert pg_url is not None
-    check_postgres(pg_url)
-    if not dry_run:
-        job_lock.acquire(pg_url, "apply", job_id)  # one process per job id, released at exit
-    publisher = None
-    if not dry_run:
-        bootstrap = settings.kafka_bootstrap()
-        assert bootstrap is not None
-        check_broker(bootstrap, cfg.person_topic)
-        publisher = Publisher(bootstrap, cfg.person_topic, timeout=publish_timeout)
     out = sys.stdout
     sink = JsonSink(out) if output == "json" else HumanSink(out, sample, progress=sys.stderr.isatty())
-    applier = Applier(
-        config,
-        clickhouse=clickhouse,
-        pg_url=pg_url,
-        source_database=cfg.source_database,
-        target_schema=cfg.target_schema,
-        publisher=publisher,
-        sink=sink,
-    )
-    result = applier.run(teams)
+    result = run_apply(config, sink)
     sys.exit(1 if result.failed or result.quarantined else 0)

@@ -5,6 +5,9 @@ not restored: version_conflict, invalid_value), or the restore stopped early (un
 earlier run could not be published, or Postgres was lost), or messages of the restore are quarantined
 (see `runner outbox`); 2 bad usage or configuration (unknown strategy, unknown job id, filters matching
 no backup row), nothing written.
+
+The job is `runner.jobs.restore` (started by `runner.jobs.launch`), its JSON lines `runner.jobs.output`;
+this module is the command and its human output.
 """
 
 from __future__ import annotations
@@ -19,107 +22,30 @@ from uuid import UUID
 import click
 
 from runner.commands import options
-from runner.commands.apply import JsonSink
-from runner.config import settings
+from runner.jobs.launch import run_restore
+from runner.jobs.output import RestoreJsonSink
 from runner.jobs.restore import (
     INVALID_VALUE,
     NOT_FOUND,
-    OUTCOMES,
     RESTORED,
     SKIPPED,
     TEAM_FAILED,
     VERSION_CONFLICT,
     PersonRestore,
     RestoreConfig,
-    Restorer,
     RestoreRun,
     TeamRestore,
     default_restore_job_id,
 )
-from runner.rules.merge import display_default, json_dumps
+from runner.rules.merge import display_default
 from runner.rules.restore import STRATEGIES
-from runner.stores import job_lock, ledger, metrics, outbox
-from runner.stores import warehouse as wh
-from runner.stores.pg_schema import check_postgres
-from runner.stores.publisher import Publisher, check_broker
+from runner.stores import ledger, metrics, outbox
 
 log = logging.getLogger("runner.jobs.restore")
 
 
 def _shown(properties: dict[str, Any] | None) -> str:
     return json.dumps(properties, sort_keys=True, default=display_default)
-
-
-# --- JSON lines ------------------------------------------------------------------------------------
-
-
-def person_line(result: PersonRestore) -> dict[str, Any]:
-    entry = result.item
-    return {
-        "type": "person",
-        "team_id": entry.team_id,
-        "person_id": entry.person_id,
-        "person_uuid": str(entry.uuid),
-        "outcome": result.outcome,
-        "properties_before": result.properties_before,
-        "properties_after": result.properties_after,
-        "version_before": result.version_before,
-        "version_after": result.version_after,
-        "reason": result.reason,
-    }
-
-
-def team_line(team: TeamRestore) -> dict[str, Any]:
-    return {
-        "team_id": team.team_id,
-        "status": team.status,
-        "error": team.error,
-        "processed": team.processed,
-        "restored": team.updated,
-        "skipped": team.skipped,
-        "outcomes": {outcome: team.outcomes.get(outcome, 0) for outcome in OUTCOMES},
-        "already_restored": team.already_done,
-        "commits": team.commits,
-        "failures": [{"person_uuid": u, "outcome": o, "reason": r} for u, o, r in team.failures],
-    }
-
-
-def summary_line(run: RestoreRun) -> dict[str, Any]:
-    cfg = run.config
-    return {
-        "type": "summary",
-        "job_id": cfg.job_id,
-        "restore_job_id": cfg.restore_job_id,
-        "strategy": cfg.strategy,
-        "dry_run": cfg.dry_run,
-        "teams": [team_line(t) for t in run.teams],
-        "processed": run.total("processed"),
-        "restored": run.total("updated"),
-        "skipped": run.total("skipped"),
-        "error": run.error,
-        "quarantined": run.quarantined,
-        "quarantine_note": (
-            outbox.quarantine_note(cfg.restore_job_id, run.quarantined) if run.quarantined else None
-        ),
-    }
-
-
-class RestoreJsonSink(JsonSink):
-    """apply's JSON lines machinery (lines of a rolled-back batch come out as `team_failed`) with the
-    restore's person and summary lines."""
-
-    def restore_started(self, run: RestoreRun, teams: Sequence[tuple[int, int]]) -> None:
-        pass
-
-    def person(self, result: PersonRestore) -> None:
-        self._staged.write(json_dumps(person_line(result)) + "\n")  # numbers as their exact text
-
-    def team_done(self, team: TeamRestore) -> None:
-        pass
-
-    def restore_finished(self, run: RestoreRun) -> None:
-        self.out.write(json.dumps(summary_line(run)) + "\n")
-        self.out.flush()
 
 
 # --- human output ----------------------------------------------------------------------------------
@@ -387,27 +313,10 @@ def restore(
         max_rate=max_rate,
     )
     log.info("restore job id: %s%s", config.restore_job_id, " (dry run)" if dry_run else "")
-    cfg = settings.Settings.load()
-    pg_url = settings.persons_db_url()
-    assert pg_url is not None
-    check_postgres(pg_url)
-    if not dry_run:  # one process per job id: the restore's own, and the job it undoes
-        job_lock.acquire(pg_url, "restore", config.restore_job_id, config.job_id)
-    publisher = None
-    if not dry_run:
-        bootstrap = settings.kafka_bootstrap()
-        assert bootstrap is not None
-        check_broker(bootstrap, cfg.person_topic)
-        publisher = Publisher(bootstrap, cfg.person_topic, timeout=publish_timeout)
-
-    def write_metrics(counters: list[metrics.Counter]) -> None:
-        metrics.write(wh.client(cfg.clickhouse_url), cfg.source_database, counters)
-
     sink = (
         RestoreJsonSink(sys.stdout)
         if output == "json"
         else HumanRestoreSink(sys.stdout, sample, progress=sys.stderr.isatty())
     )
-    restorer = Restorer(config, pg_url=pg_url, publisher=publisher, sink=sink, write_metrics=write_metrics)
-    run = restorer.run()
+    run = run_restore(config, sink)
     sys.exit(1 if run.failed or run.quarantined else 0)

@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import main
-from runner.commands.restore import _team_table, person_line, summary_line
+from runner.commands.restore import _team_table
+from runner.jobs.output import restore_person_line as person_line
+from runner.jobs.output import restore_summary_line as summary_line
 from runner.jobs.restore import (
     BackupEntry,
     PersonRestore,
