@@ -1,5 +1,6 @@
 """`runner verify`'s classification (see `runner.commands.verify` for the classes and what they mean). Pure
-functions, no I/O: `runner.commands.verify` reads the job's outbox rows, ClickHouse and Postgres, and reports.
+functions, no I/O: `runner.jobs.verify` reads the job's outbox rows, ClickHouse and Postgres; the command
+reports.
 
 Per person the job updated, at the job's (latest) version for that person:
 - `not_ingested` when ClickHouse has no version at or above the job's;
