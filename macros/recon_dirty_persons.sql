@@ -23,15 +23,19 @@
 {{ recon_diff_ledger() }}
   ),
 
-  -- (team, distinct_id, event person) groups with events new since that build: new event time, or
--- ingested since its watermark minus the overlap (events without operations included: a superset)
+  -- (team, distinct_id, event person) groups with operations new since that build: new event time, or
+-- ingested since its watermark minus the overlap. Only events that yield an operation count: an
+-- event without one changes no state the diff reads (its counters feed the summary, not the diff),
+-- and most events carry none, so counting them made the dirty set several times larger. The
+-- extraction runs only on the rows the time filter keeps (the new batch and the overlap).
 touched_groups as (
     select distinct
         team_id,
         distinct_id,
         event_person_id
-    from {{ ref('stg_posthog__events') }}
+    from {{ ref('stg_posthog__property_operations') }}
     where team_id in (select team_id from ledger)
+        and kind != 'event'
         and (
             timestamp >= {{ recon_team_lookup('team_id', 'ledger', 'assumeNotNull(read_from)', recon_ts('bug_window_start')) }}
             or ingested_at >= {{ recon_team_lookup(

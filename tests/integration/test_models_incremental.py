@@ -88,14 +88,20 @@ CASES: dict[str, tuple[int, tuple[str, ...]]] = {
     "person_deleted": (1, ("deleted",)),
     "new_team": (9, ("new-team",)),
     "window_edges": (1, ("edges",)),
+    "changed_key_beside_an_unchanged_one": (1, ("two-keys",)),
+    "new_event_without_operations": (1, ("no-ops",)),
 }
 
 
 def steady_data() -> Data:
-    """A person nothing happens to later, ingested a day before the rest (outside the overlap)."""
+    """Persons ingested a day before the rest (outside the overlap): one nothing happens to later, one
+    that later gets an event without property operations."""
     d = Data(FIRST_INGEST - timedelta(days=1))
     steady = d.person("steady", {"plan": "free"})
     d.event("steady-1", steady, "2026-01-07 01:00:00", props(**{"$set": {"plan": "pro"}}))
+    # a diff; the later data brings only an event without property operations
+    q = d.person("no-ops", {"plan": "free"})
+    d.event("no-ops-1", q, "2026-01-07 09:00:00", props(**{"$set": {"plan": "pro"}}))
     return d
 
 
@@ -133,6 +139,9 @@ def first_data() -> Data:
     # exactly at the second build's now: never included
     d.event("edge-now2", g, NOW2, props(**{"$set": {"g": 1}}))
 
+    # two keys with a diff; the later data changes one of them only
+    k = d.person("two-keys", {"a": 0, "b": 0})
+    d.event("two-keys-1", k, "2026-01-07 08:00:00", props(**{"$set": {"a": 1, "b": 1}}))
     # a team whose property events all come after W1 at first: discovered once a late event arrives
     h = d.person("late-team", {"plan": "free"}, team=8)
     d.event("late-team-1", h, "2026-01-08 00:00:00", props(**{"$set": {"plan": "pro"}}), team=8)
@@ -158,6 +167,8 @@ def later_data() -> Data:
     n = d.person("new-team", {"plan": "free"}, team=9)
     d.event("new-team-1", n, "2026-01-07 06:00:00", props(**{"$set": {"plan": "pro"}}), team=9)
     d.event("late-team-2", uid("late-team"), "2026-01-07 07:00:00", props(**{"$unset": ["plan"]}), team=8)
+    d.event("two-keys-2", uid("two-keys"), "2026-01-07 13:00:00", props(**{"$set": {"a": 2}}))
+    d.event("no-ops-2", uid("no-ops"), "2026-01-07 13:00:00", props(**{"$current_url": "/pricing"}))
     return d
 
 
@@ -231,6 +242,10 @@ def test_the_cases_change_what_the_first_build_found(built: dict) -> None:
     assert (9, uid("new-team")) in final and (8, uid("late-team")) in final
     edges = final[(1, uid("edges"))]
     assert "g" not in edges[4] and "e" in edges[10]
+    # the changed key has its new value, the other key of the same person keeps its entry
+    assert first[(1, uid("two-keys"))][4:6] == (("a", "b"), ("1", "1"))
+    assert final[(1, uid("two-keys"))][4:6] == (("a", "b"), ("2", "1"))
+    assert final[(1, uid("no-ops"))][2:12] == first[(1, uid("no-ops"))][2:12]
 
 
 def test_whole_tables_equal_and_match_the_rules(built: dict) -> None:
@@ -257,4 +272,6 @@ def test_steady_persons_are_not_recomputed(built: dict) -> None:
     )
     latest = env.diff_rows()[0][16]
     assert invocations[uid("steady")] != latest
+    # an event without property operations changes nothing the diff reads: not recomputed either
+    assert invocations[uid("no-ops")] != latest
     assert invocations[uid("late")] == latest and invocations[uid("merge-a")] == latest
