@@ -134,3 +134,21 @@ def test_no_import_cycles() -> None:
         if node not in state:
             visit(node, [])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+def test_no_module_over_600_lines() -> None:
+    long = {
+        name: n
+        for name, path in _modules().items()
+        if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert not long, long
+
+
+def test_no_class_over_300_lines() -> None:
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                size = node.end_lineno - node.lineno + 1
+                if size > 300:
+                    long.append(f"{name}.{node.name}: {size} lines")
+    assert not long, "\n".join(long)
