@@ -41,7 +41,7 @@ from runner.rules.merge import display_default
 from runner.rules.restore import STRATEGIES
 from runner.stores import ledger, metrics, outbox
 
-log = logging.getLogger("runner.jobs.restore")
+log = logging.getLogger("runner.restore")
 
 
 def _shown(properties: dict[str, Any] | None) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 from runner.config.settings import ConfigError
 
-log = logging.getLogger("runner.config.schedule")
+log = logging.getLogger("runner.schedule")
 
 MAX_CONCURRENT_JOBS_CAP = 50
 MAX_CONCURRENT_TASKS_CAP = 100

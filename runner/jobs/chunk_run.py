@@ -39,7 +39,7 @@ from runner.rules.scheduling import Chunk, task_slices
 from runner.stores import diffs, job_lock, ledger, warehouse
 from runner.stores.publisher import Publisher
 
-log = logging.getLogger("runner.commands.schedule")
+log = logging.getLogger("runner.schedule")
 
 SUCCEEDED = ledger.SUCCEEDED
 FAILED = ledger.FAILED

@@ -29,7 +29,7 @@ from runner.stores import verification
 from runner.stores import warehouse as wh
 from runner.stores.diffs import read_team_summaries
 
-log = logging.getLogger("runner.jobs.verify")
+log = logging.getLogger("runner.verify")
 
 # The order the human output shows samples in: what fails verify first.
 SAMPLE_ORDER = ("differs", "not_ingested", "rule_artifact", "postgres_behind", "changed_since")

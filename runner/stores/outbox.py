@@ -25,7 +25,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-log = logging.getLogger("runner.stores.outbox")
+log = logging.getLogger("runner.outbox")
 
 PENDING = "pending"
 PUBLISHED = "published"

@@ -15,7 +15,7 @@ from runner.config.schedule import ScheduleConfig
 from runner.config.settings import ConfigError
 from runner.rules.scheduling import Chunk
 
-log = logging.getLogger("runner.stores.schedules")
+log = logging.getLogger("runner.schedule")
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,7 @@ def test_team_ids_from_the_reports_csv(tmp_path: Path, caplog):
     assert schedule.read_team_ids_csv(path) == [12, 40]
     mixed = tmp_path / "all.csv"
     mixed.write_text("team_id,status\n5,succeeded\n6,failed\n")
-    with caplog.at_level(logging.WARNING, logger="runner.config.schedule"):
+    with caplog.at_level(logging.WARNING, logger="runner.schedule"):
         assert schedule.read_team_ids_csv(mixed) == [5, 6]
     assert "lists 1 teams that succeeded ([5])" in caplog.text
     plain = tmp_path / "plain.csv"
