@@ -19,7 +19,7 @@ from psycopg.types.json import set_json_loads
 from runner.rules.merge import exact_json_loads, json_loads
 from runner.stores.persons import CHUNK_DDL
 
-log = logging.getLogger("runner.stores.connections")
+log = logging.getLogger("runner.persons")
 
 APPLICATION_NAME = "person_property_reconciliation"
 
