@@ -28,14 +28,20 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_sync_persons_then_verify(env, run_apply):
+def _apply_plan_paid(env, run_apply, job_id: str) -> None:
+    """Four persons on plan free in both stores, a diff setting plan paid, applied under `job_id`."""
     ch = env["ch"]
     insert_ch_persons(ch, [(1, u, {"plan": "free"}, 3) for u in PERSONS])
     for u in PERSONS:
         insert_pg_person(env["pg"], 1, u, {"plan": "free"}, 3)
     insert_diffs(ch, [Diff(1, u, 3, set={"plan": ('"paid"', TS)}) for u in PERSONS])
     insert_summary(ch, {1: len(PERSONS)})
-    assert run_apply("--job-id", "job-verify").exit_code == 0
+    assert run_apply("--job-id", job_id).exit_code == 0
+
+
+def test_sync_persons_then_verify(env, run_apply):
+    ch = env["ch"]
+    _apply_plan_paid(env, run_apply, "job-verify")
 
     # Nothing ingested yet: ClickHouse still has version 3 everywhere.
     before = invoke("verify", "--job-id", "job-verify", "--no-recompute", "--output", "json")
@@ -154,13 +160,7 @@ def test_replay_semantics_shown_and_verify_counts_no_rule_artifacts(env, run_app
 
 
 def test_verify_sample_and_json_shorthand(env, run_apply, monkeypatch):
-    ch = env["ch"]
-    insert_ch_persons(ch, [(1, u, {"plan": "free"}, 3) for u in PERSONS])
-    for u in PERSONS:
-        insert_pg_person(env["pg"], 1, u, {"plan": "free"}, 3)
-    insert_diffs(ch, [Diff(1, u, 3, set={"plan": ('"paid"', TS)}) for u in PERSONS])
-    insert_summary(ch, {1: len(PERSONS)})
-    assert run_apply("--job-id", "job-sample").exit_code == 0
+    _apply_plan_paid(env, run_apply, "job-sample")
 
     # Not ingested yet: all four are `not_ingested`; the human output shows --sample of them.
     human = invoke("verify", "--job-id", "job-sample", "--no-recompute", "--sample", "1")
