@@ -254,6 +254,7 @@ class Measured:
     postgres_cpu: float  # CPU seconds of the Postgres cluster meanwhile (backends included)
     broker_cpu: float  # CPU seconds of the Kafka broker meanwhile
     stdout: str
+    stderr: str = ""
 
 
 def _cpu_seconds(pid: int, children: bool = False) -> float:
@@ -306,7 +307,49 @@ def run_child(args: list[str], env: dict[str, str], servers: dict[str, int] | No
         after.get("postgres", 0.0) - before.get("postgres", 0.0),
         after.get("kafka", 0.0) - before.get("kafka", 0.0),
         out,
+        err,
     )
+
+
+# The engine's stages (runner.engine.stages) in the order the split is printed; `run` is the whole run.
+SHOWN_STAGES = (
+    "fetch",
+    "lock",
+    "prefetch",
+    "decide",
+    "results",
+    "write",
+    "commit",
+    "publish",
+    "wait_fetch",
+    "wait_write",
+    "wait_publish",
+    "retry",
+)
+
+
+def parse_stages(stderr: str) -> dict[str, tuple[float, float]]:
+    """The per-stage split runner apply logs at the end of the run (INFO): {stage: (wall s, CPU s)}."""
+    match = re.search(r"stages \(wall/thread CPU seconds[^)]*\): (.*)", stderr)
+    if match is None:
+        return {}
+    return {
+        name: (float(wall), float(cpu))
+        for name, wall, cpu in re.findall(r"(\w+) ([\d.]+)/([\d.]+)", match.group(1))
+    }
+
+
+def stage_table(stages: dict[str, tuple[float, float]], wall: float) -> list[str]:
+    """Lines of the per-stage split: wall seconds, share of the run's wall time, thread CPU seconds."""
+    lines = [f"    {'stage':<13} {'wall s':>8} {'share':>6} {'CPU s':>8}"]
+    for name in SHOWN_STAGES:
+        if name in stages:
+            seconds, cpu = stages[name]
+            lines.append(f"    {name:<13} {seconds:>8.2f} {seconds / wall:>6.0%} {cpu:>8.2f}")
+    if "run" in stages:
+        seconds, cpu = stages["run"]
+        lines.append(f"    {'run (engine)':<13} {seconds:>8.2f} {seconds / wall:>6.0%} {cpu:>8.2f}")
+    return lines
 
 
 def create_topic(bootstrap: str, name: str) -> None:
@@ -393,7 +436,7 @@ def main() -> None:
                     [
                         *runner_cmd,
                         "--log-level",
-                        "WARNING",
+                        "INFO",  # a line per batch and team, and the per-stage split at the end
                         "apply",
                         "--job-id",
                         f"bench-{size}-{r}",
@@ -420,6 +463,8 @@ def main() -> None:
                     f" baseline {baselines[-1][0]:,.0f} persons/s (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
+                for line in stage_table(parse_stages(applied.stderr), applied.seconds):
+                    print(line, flush=True)
             median = statistics.median
             rate = median([size / m.seconds for m in runs])
             base_rate = median([b[0] for b in baselines])
@@ -437,6 +482,9 @@ def main() -> None:
                         [b[1].postgres_cpu / b[2] * 1e6 for b in baselines]
                     ),
                     "ratio": rate / base_rate,
+                    # Per stage: medians of (wall s, thread CPU s) over the runs (runner.engine.stages).
+                    "stages": _median_stages([parse_stages(m.stderr) for m in runs]),
+                    "wall_seconds": median([m.seconds for m in runs]),
                 }
             )
     finally:
@@ -464,8 +512,26 @@ def main() -> None:
             f"{res['apply_peak_rss_mib']:>5.0f} MiB  "
             f"{cpu:>21}  {res['baseline_persons_per_s']:>10,.0f}  {base_cpu:>13}  {res['ratio']:>5.1f}x"
         )
+    for res in results:
+        print(
+            f"\nwhere the time goes at {res['persons']:,} persons (medians; wall {res['wall_seconds']:.1f}s; "
+            "stages of different threads overlap, share = stage wall / run wall):"
+        )
+        for line in stage_table(res["stages"], res["wall_seconds"]):
+            print(line)
     if args.json:
         print(json.dumps(results))
+
+
+def _median_stages(runs: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    names = {name for stages in runs for name in stages}
+    return {
+        name: (
+            statistics.median([s[name][0] for s in runs if name in s]),
+            statistics.median([s[name][1] for s in runs if name in s]),
+        )
+        for name in names
+    }
 
 
 if __name__ == "__main__":

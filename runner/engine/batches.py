@@ -25,6 +25,7 @@ from runner.engine import pacing, retries, writing
 from runner.engine.deciding import decide_chunk
 from runner.engine.job import EngineSink, ItemT, Job, PrefetchT, TeamT
 from runner.engine.publishing import Publishing
+from runner.engine.stages import StageClock
 from runner.engine.team_state import TeamState
 from runner.rules.engine import KEPT_MESSAGES, PERSON_FAILURES, VERSION_CONFLICT
 from runner.rules.records import PersonOutcome, PersonWrite
@@ -53,6 +54,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         throttle: pacing.Throttle,
         publishing: Publishing | None,
         team_done: Callable[[TeamState[ItemT, TeamT]], None],
+        clock: StageClock | None = None,
     ):
         self.job = job
         self.log: logging.Logger = job.log
@@ -60,6 +62,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         self.throttle = throttle
         self.publishing = publishing
         self.team_done = team_done  # a team whose last batch landed (and its retry ran)
+        self.clock = clock or StageClock()
         # Two transactions in flight: batch n on conns[n % 2].
         self.conns: list[psycopg.Connection] = []
         self._turn = 0
@@ -129,12 +132,14 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         the next, starts on the other connection. The next batch's results count (are staged) only once
         the flight landed. Returns with this team's last batch possibly still in flight."""
         job = self.job
-        for chunk in chunks:
+        for chunk in self.clock.timed_iter("wait_fetch", iter(chunks)):
             conn = self.conns[self._turn]
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 self.throttle.before_batch()  # --max-rate waits only while this batch holds no row lock
             self.throttle.count(len(chunk))
-            results, writes = decide_chunk(job, conn, team_id, chunk, resumed=state.resumed)
+            results, writes = decide_chunk(
+                job, conn, team_id, chunk, resumed=state.resumed, clock=self.clock
+            )
             if self._flight is not None:
                 self._land(state)
             state.batch_writes += len(writes)
@@ -178,7 +183,8 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         assert flight is not None
         self._flight = None
         try:
-            committed, written = flight.future.result()
+            with self.clock.timed("wait_write"):
+                committed, written = flight.future.result()
         except Exception as exc:  # noqa: BLE001 - the flight's team fails (below or in the caller)
             self._stage(flight.state, flight.results)  # they count as team_failed
             if flight.state is current:
@@ -215,6 +221,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             closes=closes,
             commit=commit,
             keep_messages=keep_messages,
+            clock=self.clock,
         )
 
     def _batch_closed(
@@ -235,8 +242,9 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             )
             if self.publishing is not None and batches:
                 self.publishing.submit(team_id, batches)
-        state.accept_staged()
-        self.sink.batch_closed()
+        with self.clock.timed("results"):
+            state.accept_staged()
+            self.sink.batch_closed()
 
     def _stage(self, state: TeamState[ItemT, TeamT], results: list[PersonOutcome[ItemT]]) -> None:
         for result in results:
@@ -256,15 +264,16 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
     ) -> None:
         """Stage results as the write turned them out (`runner.engine.writing.settle`). Version conflicts
         are held back for the end-of-team retry unless `final`."""
-        writing.settle(results, written, self.job.uuid_of, state.team.team_id, self.log, final=final)
-        for r in results:
-            if r.outcome == VERSION_CONFLICT and not final:
-                state.hold(r)
-                continue
-            if r.outcome in PERSON_FAILURES:
-                state.failures.append(r)
-            state.stage(r, counts_as_update=self._counts_as_update(r))
-            self.sink.stage(r)
+        with self.clock.timed("results"):
+            writing.settle(results, written, self.job.uuid_of, state.team.team_id, self.log, final=final)
+            for r in results:
+                if r.outcome == VERSION_CONFLICT and not final:
+                    state.hold(r)
+                    continue
+                if r.outcome in PERSON_FAILURES:
+                    state.failures.append(r)
+                state.stage(r, counts_as_update=self._counts_as_update(r))
+                self.sink.stage(r)
 
     def _retry_guarded(self, state: TeamState[ItemT, TeamT], conn: psycopg.Connection) -> None:
         """The end-of-team retry inside the team's error boundary."""
@@ -280,7 +289,8 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         if not pending:
             return
         team_id = state.team.team_id
-        results, writes = retries.decide_again(self.job, conn, team_id, pending)
+        with self.clock.timed("retry"):
+            results, writes = retries.decide_again(self.job, conn, team_id, pending)
         committed, written = self._write(conn, team_id, writes, True, bool(writes), True)
         self._settle(state, results, written, final=True)
         self._batch_closed(state, committed, [] if written is None else written.outbox)

@@ -18,8 +18,9 @@ import psycopg
 
 from runner.config import faults
 from runner.engine.job import ItemT, Job, PrefetchT, TeamT
+from runner.engine.stages import StageClock
 from runner.rules.engine import HELD, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, NOT_FOUND, VERSION_CONFLICT
-from runner.rules.records import PersonOutcome, PersonWrite, PgPerson
+from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 from runner.stores import persons
 
 
@@ -30,18 +31,39 @@ def decide_chunk(
     chunk: list[ItemT],
     *,
     resumed: bool,
+    clock: StageClock | None = None,
 ) -> tuple[list[PersonOutcome[ItemT]], list[PersonWrite]]:
     """Lock the chunk's rows and decide every person; returns the results and what to write. `resumed`:
-    an earlier attempt of the job touched the team."""
-    chunk, early = job.screen(team_id, chunk)
-    uuids = [job.uuid_of(item) for item in chunk]
-    done = persons.applied_by_job(conn, job.ledger_job_id, team_id, uuids) if resumed else {}
-    faults.point("before_lock")
-    lockable = [u for u in uuids if u not in done and u not in early]
-    rows, missing, locked_out = lock_rows(conn, team_id, lockable, lock=not job.dry_run, log=job.log)
-    prefetched = job.prefetch(
-        conn, team_id, [i for i, u in zip(chunk, uuids, strict=True) if u in rows], rows
-    )
+    an earlier attempt of the job touched the team. `clock` times the stages (lock, prefetch, decide)."""
+    clock = clock or StageClock()
+    with clock.timed("decide"):
+        chunk, early = job.screen(team_id, chunk)
+        uuids = [job.uuid_of(item) for item in chunk]
+    with clock.timed("lock"):
+        done = persons.applied_by_job(conn, job.ledger_job_id, team_id, uuids) if resumed else {}
+        faults.point("before_lock")
+        lockable = [u for u in uuids if u not in done and u not in early]
+        rows, missing, locked_out = lock_rows(conn, team_id, lockable, lock=not job.dry_run, log=job.log)
+    with clock.timed("prefetch"):
+        prefetched = job.prefetch(
+            conn, team_id, [i for i, u in zip(chunk, uuids, strict=True) if u in rows], rows
+        )
+    with clock.timed("decide"):
+        return _decide_all(job, team_id, chunk, uuids, early, done, rows, missing, locked_out, prefetched)
+
+
+def _decide_all(
+    job: Job[ItemT, TeamT, PrefetchT],
+    team_id: int,
+    chunk: list[ItemT],
+    uuids: list[UUID],
+    early: dict[UUID, PersonOutcome[ItemT]],
+    done: dict[UUID, AppliedByJob],
+    rows: dict[UUID, PgPerson],
+    missing: set[UUID],
+    locked_out: set[UUID],
+    prefetched: PrefetchT,
+) -> tuple[list[PersonOutcome[ItemT]], list[PersonWrite]]:
     results: list[PersonOutcome[ItemT]] = []
     writes: list[PersonWrite] = []
     for item, uuid in zip(chunk, uuids, strict=True):

@@ -66,6 +66,8 @@ class EngineRun(Generic[TeamT]):
     published_backlog: int = 0
     metrics: list[metrics.Counter] = field(default_factory=list)
     quarantined: int = 0
+    # Wall and thread CPU seconds per stage (runner.engine.stages.StageClock.summary).
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:

@@ -48,6 +48,7 @@ from runner.engine.batches import BatchPipeline
 from runner.engine.job import EngineRun, EngineSink, ItemT, Job, PrefetchT, TeamT
 from runner.engine.publishing import Publishing
 from runner.engine.reader import ChunkReader
+from runner.engine.stages import StageClock
 from runner.engine.team_state import TeamState
 from runner.rules.records import PersonOutcome
 from runner.stores import ledger, outbox
@@ -77,10 +78,15 @@ class Engine(Generic[ItemT, TeamT, PrefetchT]):
         self.throttle = pacing.Throttle(job.max_rate, 0, job.label)  # --max-rate, progress
         self._control = Control(pg_url, application_name)
         self._reader: ChunkReader[ItemT] | None = None
+        self.clock = StageClock()  # where the run's time goes (runner.engine.stages)
         # One thread publishes committed batches; the pipeline's writer thread writes and commits one
         # batch while this one prepares the next.
-        self._publishing = None if publisher is None else Publishing(publisher, self._control, self.log)
-        self._batches = BatchPipeline(job, sink, self.throttle, self._publishing, self._finish_team)
+        self._publishing = (
+            None if publisher is None else Publishing(publisher, self._control, self.log, self.clock)
+        )
+        self._batches = BatchPipeline(
+            job, sink, self.throttle, self._publishing, self._finish_team, self.clock
+        )
 
     @property
     def control(self) -> psycopg.Connection:
@@ -93,7 +99,7 @@ class Engine(Generic[ItemT, TeamT, PrefetchT]):
         """Run every given team; `persons_total` paces the progress. The job's metrics are computed
         (and written) before the ledger records the end of the run."""
         job = self.job
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         run: EngineRun[TeamT] = EngineRun()
         self.throttle.start(persons_total)
         gc_thresholds = _quiet_gc()
@@ -109,7 +115,7 @@ class Engine(Generic[ItemT, TeamT, PrefetchT]):
             if run.error is None:
                 try:
                     self._batches.open()
-                    self._reader = ChunkReader(job.chunks, team_ids)
+                    self._reader = ChunkReader(job.chunks, team_ids, self.clock)
                     for team_id in team_ids:
                         self._run_team(team_id, run.teams)
                     self._batches.land_last()
@@ -130,6 +136,14 @@ class Engine(Generic[ItemT, TeamT, PrefetchT]):
             else:
                 run.teams = [job.new_team(t, ledger.FAILED, f"not started: {run.error}") for t in team_ids]
             run.duration_seconds = time.monotonic() - started
+            self.clock.add("run", run.duration_seconds, time.process_time() - cpu_started)
+            run.stages = self.clock.summary()
+            self.log.info(
+                "Job %s stages (wall/thread CPU seconds, threads overlap; run %.2fs): %s",
+                job.ledger_job_id,
+                run.duration_seconds,
+                self.clock.log_line(),
+            )
             run.metrics = job.run_metrics(run)
             if not job.dry_run:
                 self._finish_ledger(run)

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
+from runner.engine.stages import StageClock
+
 T = TypeVar("T")
 
 
@@ -40,8 +42,14 @@ class ChunkReader(Generic[T]):
     the consumer (bounded: memory stays flat). Each team's chunks end with one terminal item: the end,
     or the error that stopped its reading (raised in the consumer)."""
 
-    def __init__(self, chunks: Callable[[int], Iterator[list[T]]], team_ids: Sequence[int]):
+    def __init__(
+        self,
+        chunks: Callable[[int], Iterator[list[T]]],
+        team_ids: Sequence[int],
+        clock: StageClock | None = None,
+    ):
         self._chunks = chunks
+        self._clock = clock or StageClock()  # reading a chunk counts as `fetch`
         self._team_ids = list(team_ids)
         self._queue: queue.Queue[tuple[int, list[T] | _End | BaseException]] = queue.Queue(maxsize=2)
         self._stop = threading.Event()
@@ -54,7 +62,7 @@ class ChunkReader(Generic[T]):
         for team_id in self._team_ids:
             item: _End | BaseException
             try:
-                for chunk in self._chunks(team_id):
+                for chunk in self._clock.timed_iter("fetch", self._chunks(team_id)):
                     if self._cancelled == team_id:
                         break
                     if not self._put((team_id, chunk)):

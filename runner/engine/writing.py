@@ -18,6 +18,7 @@ import psycopg
 
 from runner.config import faults
 from runner.engine.job import ItemT
+from runner.engine.stages import StageClock
 from runner.rules.engine import CHANGED_UNDER_WRITE, INVALID_VALUE, VERSION_CONFLICT
 from runner.rules.records import PersonOutcome, PersonWrite
 from runner.stores import persons
@@ -33,23 +34,27 @@ def write(
     closes: bool,
     commit: bool,
     keep_messages: bool,
+    clock: StageClock | None = None,
 ) -> tuple[bool, persons.ChunkWritten | None]:
     """Write a chunk; when it `closes` its batch, commit the batch if it wrote anything (R9.11,
     `commit`), else release its row locks. Returns whether it committed, and what the chunk's write did.
-    Runs on the writer thread (or inline)."""
+    Runs on the writer thread (or inline). `clock` times the stages (write, commit)."""
+    clock = clock or StageClock()
     written = None
     if writes:
-        written = persons.write_chunk(
-            conn, job_id, team_id, writes, backup=backup, keep_messages=keep_messages
-        )
+        with clock.timed("write"):
+            written = persons.write_chunk(
+                conn, job_id, team_id, writes, backup=backup, keep_messages=keep_messages
+            )
     if not closes:
         return False, written
-    if commit:
-        faults.point("before_commit")
-        conn.commit()
-        faults.point("after_commit")
-        return True, written
-    conn.rollback()
+    with clock.timed("commit"):
+        if commit:
+            faults.point("before_commit")
+            conn.commit()
+            faults.point("after_commit")
+            return True, written
+        conn.rollback()
     return False, written
 
 

@@ -120,6 +120,8 @@ class RunResult:
     published_backlog: int = 0
     metrics: list[metrics.Counter] = field(default_factory=list)
     quarantined: int = 0  # messages of this job Kafka rejected for good (runner.stores.outbox): exit 1
+    # Wall and thread CPU seconds per stage of the engine (runner.engine.stages).
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -188,6 +190,7 @@ class Applier:
             published_backlog=run.published_backlog,
             metrics=run.metrics,
             quarantined=run.quarantined,
+            stages=run.stages,
         )
         log.info(
             "Job %s done: %d teams succeeded, %d failed; processed=%d updated=%d skipped=%d (%.1fs)",

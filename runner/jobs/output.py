@@ -72,6 +72,7 @@ def summary_line(run: RunResult) -> dict[str, Any]:
         "skipped": run.total("skipped"),
         "quarantined": run.quarantined,
         "quarantine_note": outbox.quarantine_note(run.job_id, run.quarantined) if run.quarantined else None,
+        "stages": run.stages,  # wall and thread CPU seconds per stage (runner.engine.stages)
     }
 
 

@@ -19,6 +19,8 @@ from apply_support import (
 )
 from kafka_util import read_topic
 
+from runner.engine.stages import STAGES
+
 pytestmark = pytest.mark.integration
 
 T1 = datetime(2026, 1, 7, 9, 0, tzinfo=UTC)
@@ -86,6 +88,13 @@ def test_every_outcome_with_backups_outbox_and_kafka(scenario, run_apply, pg_row
         str(G): "version_conflict",
     }
     summary = run.summary()
+    # Where the run's time went (runner.engine.stages): wall and thread CPU seconds per stage.
+    stages = summary.pop("stages")
+    assert set(stages) == set(STAGES)
+    assert all(set(t) == {"seconds", "cpu_seconds"} and min(t.values()) >= 0 for t in stages.values())
+    for stage in ("run", "fetch", "lock", "decide", "write", "commit", "publish"):
+        assert stages[stage]["seconds"] > 0, stage
+    assert stages["run"]["seconds"] >= stages["decide"]["seconds"]
     assert summary == {
         "type": "summary",
         "job_id": "job-outcomes",
