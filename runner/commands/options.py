@@ -111,7 +111,8 @@ class_sample_option = click.option(
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    envvar="RECON_SAMPLE",
+    # Its own variable: apply's and restore's --sample (RECON_SAMPLE) counts persons per team, default 3.
+    envvar="RECON_VERIFY_SAMPLE",
     show_envvar=True,
     help="Human output: persons shown per class (one line each; 0 = counts only).",
 )

@@ -13,7 +13,7 @@ arguments and the environment.
 - **ledger**: the applier records each team it starts. Teams it could not start (dbt failed, the
   outbox backlog could not be published, the applier crashed) are recorded here as failed, so every
   team of a chunk has an outcome in `recon_run_team`. When dbt fails for a range chunk its teams are
-  unknown; the chunk itself is then the failure (see `runner.commands.schedule`).
+  unknown; the chunk itself is then the failure (see `runner.jobs.schedule`).
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ Rooms, from the top: `runner.cli` -> `commands` (click only) and `orchestration`
 command) -> `engine` (the batch loop) -> `stores` (Postgres, Kafka, ClickHouse) -> `rules` (pure) ->
 `config`. A module may import its own room and any room below it, never one above. `runner.local` (the
 throwaway stack and demo data) may import any production room, and no production module imports it,
-not even inside a function: commands reach it only by name (`runner.cli.COMMANDS`).
+not even inside a function.
 
-The test reads the source with `ast`, so imports inside functions and under `TYPE_CHECKING` count too.
+The test reads the source with `ast`, so imports inside functions and under `TYPE_CHECKING` count too,
+and so does a module named in a string (`importlib.import_module`, a registry): such a name must follow
+the same direction, except in the two places that load local-only tooling by name so that production
+commands never import it: `runner.cli`'s command registry and `runner db init-local`.
 """
 
 from __future__ import annotations
@@ -69,10 +72,51 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
     return {name for name in found if name != module}
 
 
+def _named(path: Path, known: set[str]) -> set[str]:
+    """The runner modules a module names in a string constant (loaded by name); a logger's name is no
+    import."""
+    tree = ast.parse(path.read_text(), str(path))
+    logger_names = {
+        id(arg)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "getLogger"
+        for arg in node.args
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value in known
+        and id(node) not in logger_names
+    }
+
+
+# Modules allowed to name local-only tooling in a string, and only these names.
+LOADS_LOCAL_BY_NAME = {
+    "runner.cli": {"runner.local.stack.cli", "runner.local.seed.cli", "runner.local.warehouse_cli"},
+    "runner.commands.db": {"runner.local.sources"},
+}
+
+
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     known = set(modules)
-    return {name: _imports(name, path, known) for name, path in modules.items()}
+    graph = {}
+    for name, path in modules.items():
+        named = _named(path, known) - LOADS_LOCAL_BY_NAME.get(name, set())
+        graph[name] = _imports(name, path, known) | {n for n in named if n != name}
+    return graph
+
+
+def test_local_tooling_is_loaded_by_name_only_where_listed() -> None:
+    modules = _modules()
+    known = set(modules)
+    for name, allowed in LOADS_LOCAL_BY_NAME.items():
+        assert allowed <= known, allowed - known
+        assert allowed <= _named(modules[name], known), f"{name} no longer names {allowed}: update the list"
 
 
 def test_runner_top_level_holds_only_the_entry_points() -> None:

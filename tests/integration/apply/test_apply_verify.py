@@ -170,7 +170,7 @@ def test_verify_sample_and_json_shorthand(env, run_apply, monkeypatch):
     assert "  ... 3 more not_ingested (--sample N shows up to N per class; --output json lists all)" in (
         human.stdout
     )
-    monkeypatch.setenv("RECON_SAMPLE", "0")
+    monkeypatch.setenv("RECON_VERIFY_SAMPLE", "0")
     assert "not_ingested: {" not in invoke("verify", "--job-id", "job-sample", "--no-recompute").stdout
 
     as_json = invoke("verify", "--job-id", "job-sample", "--no-recompute", "--json")
