@@ -98,7 +98,7 @@ __all__ = [
     "team_counters",
 ]
 
-log = logging.getLogger("runner.jobs.restore")
+log = logging.getLogger("runner.restore")
 
 APPLICATION_NAME = "person_property_restore"  # R13.3
 JOB_NAME = "person_property_restore_job"

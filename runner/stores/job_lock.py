@@ -19,7 +19,7 @@ import psycopg
 
 from runner.config.settings import ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.job_lock")  # its name before the move: same log lines
 
 _NAMESPACE = "recon_job:"
 _HOLDER_SQL = """

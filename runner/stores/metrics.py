@@ -14,7 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from runner.stores.warehouse import ident
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.metrics")  # its name before the move: same log lines
 
 JOB_NAME = "person_property_reconciliation_job"
 PREFIX = "person_property_reconciliation_"

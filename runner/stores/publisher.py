@@ -35,7 +35,7 @@ from runner.config.settings import ConfigError
 from runner.stores import outbox
 from runner.stores.persons import OutboxBatch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("runner.publisher")  # its name before the move: same log lines
 
 PAGE_SIZE = 5000
 
