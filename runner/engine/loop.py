@@ -27,7 +27,10 @@ ledger view and metrics. The engine does the rest, the same way for both:
   `team_failed`), its committed batches count, and the run goes on with the next team; a lost Postgres
   connection fails the team being worked on, the next team gets new connections, and when Postgres
   stays away the run stops with the teams it did not finish failed;
-- the team's status (`runner.rules.engine.finished_team_status`) and counters (`runner.engine.team_state`).
+- the team's status (`runner.rules.engine.finished_team_status`) and counters (`runner.engine.team_state`);
+- where the run's time went (`runner.engine.stages`): wall and thread CPU seconds per stage (fetch, lock,
+  prefetch, decide, results, write, commit, publish, the engine thread's waits), logged at INFO at the
+  end of the run and returned in `EngineRun.stages` (apply's JSON summary: `"stages"`).
 
 Fault points (`runner.config.faults`): `before_lock` (`runner.engine.deciding`), `before_commit`,
 `after_commit` (writer thread, `runner.engine.writing`), `mid_publish` (`runner.stores.publisher`),
