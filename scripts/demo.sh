@@ -30,7 +30,9 @@ runner demo seed --teams "$TEAMS" --persons "$PERSONS" --events "$EVENTS" --seed
 VARS="{bug_window_start: \"$W0\", bug_window_end: \"$W1\", semantics: $SEMANTICS}"
 
 step "compute the diff in ClickHouse (dbt run)"
-dbt run --project-dir . --profiles-dir profiles --vars "$VARS"
+# --full-refresh: the seed above replaced the sources (history included), so the models' incremental
+# state from an earlier demo no longer describes them; production sources only ever grow.
+dbt run --project-dir . --profiles-dir profiles --vars "$VARS" --full-refresh
 
 step "inspect: the diff per team, and the most changed keys (analyses/)"
 dbt show --project-dir . --profiles-dir profiles --vars "$VARS" -q --select diff_summary_by_team --limit 20
