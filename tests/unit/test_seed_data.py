@@ -339,7 +339,8 @@ def test_dbt_command_carries_the_window() -> None:
     )
     assert result.dbt_command() == (
         "dbt run --project-dir . --profiles-dir profiles "
-        '--vars \'{bug_window_start: "2026-01-06 20:01:00", bug_window_end: "2026-01-07 14:52:00"}\''
+        '--vars \'{bug_window_start: "2026-01-06 20:01:00", bug_window_end: "2026-01-07 14:52:00"}\' '
+        "--full-refresh"
     )
 
 

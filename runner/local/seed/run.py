@@ -59,7 +59,9 @@ class SeedResult:
 
     def dbt_command(self) -> str:
         inner = ", ".join(f'{k}: "{v}"' for k, v in self.dbt_vars().items())
-        return f"dbt run --project-dir . --profiles-dir profiles --vars '{{{inner}}}'"
+        # --full-refresh: the seed replaced the sources, history included, so incremental state from an
+        # earlier build no longer describes them.
+        return f"dbt run --project-dir . --profiles-dir profiles --vars '{{{inner}}}' --full-refresh"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "dbt_vars": self.dbt_vars(), "dbt_command": self.dbt_command()}
