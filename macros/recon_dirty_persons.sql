@@ -12,6 +12,28 @@
   drop table if exists {{ recon_dirty_relation() }}
 {% endmacro %}
 
+{#- The previous build's ledger rows per team (recon_diff_ledger_rows), written once by a pre-hook into
+    `<model>__ledger`: the dirty set and the model read them many times (sets, scalar subqueries). -#}
+{% macro recon_ledger_relation() -%}
+  {{ this.schema }}.`{{ this.identifier }}__ledger`
+{%- endmacro %}
+
+{% macro recon_drop_diff_ledger() %}
+  drop table if exists {{ recon_ledger_relation() }}
+{% endmacro %}
+
+{% macro recon_build_diff_ledger() %}
+  {%- if is_incremental() %}
+  create table {{ recon_ledger_relation() }}
+  engine = MergeTree
+  order by team_id
+  as
+{{ recon_diff_ledger_rows() }}
+  {%- else %}
+  select 1
+  {%- endif %}
+{% endmacro %}
+
 {% macro recon_build_dirty_persons() %}
   {%- if is_incremental() %}
   create table {{ recon_dirty_relation() }}
@@ -20,7 +42,7 @@
   as
   with
   ledger as (
-{{ recon_diff_ledger() }}
+    select * from {{ recon_ledger_relation() }}
   ),
 
   -- (team, distinct_id, event person) groups with operations new since that build: new event time, or
@@ -28,19 +50,28 @@
 -- event without one changes no state the diff reads (its counters feed the summary, not the diff),
 -- and most events carry none, so counting them made the dirty set several times larger. The
 -- extraction runs only on the rows the time filter keeps (the new batch and the overlap).
+-- Read as the aggregation reads them (macros/recon_ledger.sql recon_new_rows_filter): one branch by
+-- event time, one by ingestion time, so that the primary key and the ingestion-time index prune.
 touched_groups as (
     select distinct
         team_id,
         distinct_id,
         event_person_id
-    from {{ ref('stg_posthog__property_operations') }}
-    where team_id in (select team_id from ledger)
-        and kind != 'event'
-        and (
-            timestamp >= {{ recon_team_lookup('team_id', 'ledger', 'assumeNotNull(read_from)', recon_ts('bug_window_start')) }}
-            or ingested_at >= {{ recon_team_lookup(
-                'team_id', 'ledger', 'assumeNotNull(events_from)', recon_ts('bug_window_start')) }}
-        )
+    from (
+        {%- for branch in ['event_time', 'ingestion_time'] %}
+        select
+            team_id,
+            distinct_id,
+            event_person_id
+        from {{ ref('stg_posthog__property_operations') }}
+        {{ recon_new_rows_filter(
+            branch, relation='ledger', read_from='assumeNotNull(read_from)',
+            ingested_from='assumeNotNull(events_from)', also=" and kind != 'event'") }}
+        {%- if not loop.last %}
+        union all
+        {%- endif %}
+        {%- endfor %}
+    )
 ),
 
 -- distinct_ids with override rows ingested since that build (merges, reassignments, withdrawals)
@@ -50,6 +81,8 @@ changed_distinct_ids as (
         distinct_id
     from {{ source('posthog', 'person_distinct_id_overrides') }}
     where team_id in (select team_id from ledger)
+        -- a constant bound, for the minmax index on _timestamp; the team's own bound below
+        and _timestamp >= (select min(assumeNotNull(overrides_from)) from ledger)
         and _timestamp >= {{ recon_team_lookup(
             'team_id', 'ledger', 'assumeNotNull(overrides_from)', recon_ts('bug_window_start')) }}
 ),
@@ -70,6 +103,8 @@ dirty as (
         id as person_id
     from {{ source('posthog', 'person') }}
     where team_id in (select team_id from ledger)
+        -- a constant bound, for the minmax index on _timestamp; the team's own bound below
+        and _timestamp >= (select min(assumeNotNull(persons_from)) from ledger)
         and _timestamp >= {{ recon_team_lookup(
             'team_id', 'ledger', 'assumeNotNull(persons_from)', recon_ts('bug_window_start')) }}
     union distinct
@@ -90,6 +125,8 @@ dirty as (
         event_person_id as person_id
     from {{ ref('int_person_property_ops__by_window') }}
     where {{ recon_grid_filter() }}
+        -- the teams with changed overrides only: the primary key (team_id first) skips the others
+        and team_id in (select team_id from changed_distinct_ids)
         and (team_id, distinct_id) in (
             select
                 team_id,
@@ -108,8 +145,19 @@ dirty as (
 {% endmacro %}
 
 
-{#- Per team, where the previous build of int_person_property_diff__persons stopped (its ledger row). -#}
+{#- Per team, where the previous build of int_person_property_diff__persons stopped (its ledger row);
+    read from the table the pre-hook wrote (recon_build_diff_ledger). -#}
 {% macro recon_diff_ledger() %}
+    select
+        team_id,
+        read_from,
+        events_from,
+        persons_from,
+        overrides_from
+    from {{ recon_ledger_relation() }}
+{% endmacro %}
+
+{% macro recon_diff_ledger_rows() %}
     -- per team, where the previous build of this grid stopped (its post-hook's ledger row)
     select
         ledger_rows.team_id as team_id,

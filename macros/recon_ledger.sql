@@ -125,3 +125,97 @@
     true
   {%- endif -%}
 {%- endmacro %}
+
+
+{#-
+  The events an incremental build of int_person_property_ops__by_window reads, per team of its CTE
+  `built`: those with a timestamp from the previous build's `read_from` on, or ingested from its
+  `ingested_from` on, and every event of the teams without a previous build. An OR of the two times
+  can use no index, so every event's time columns were scanned on every build; the model reads three
+  disjoint branches of the same select instead (UNION ALL), each with conditions ClickHouse prunes
+  granules with:
+    new_teams       teams without a previous build: all their events (primary key, team_id);
+    event_time      timestamp >= read_from (primary key, toDate(timestamp));
+    ingestion_time  ingested >= ingested_from and timestamp < read_from (PostHog's minmax skip index
+                    `minmax_inserted_at` on COALESCE(inserted_at, _timestamp), the ingestion time).
+  Each branch also compares with the smallest bound over the teams, a constant (scalar subquery) the
+  index analysis can use; the per-team bound keeps the exact rows. The branches are disjoint, so every
+  event is read once, as before: the counter cells stay exact. `all` (a full build): no filter.
+-#}
+{% macro recon_new_rows_filter(branch, relation='built', read_from='read_from', ingested_from='ingested_from', also='') -%}
+  {%- set team_read_from = recon_team_lookup('team_id', relation, read_from, recon_ts('bug_window_start')) -%}
+  {%- set team_ingested_from = recon_team_lookup('team_id', relation, ingested_from, recon_ts('bug_window_start')) -%}
+  {%- if branch == 'new_teams' -%}
+    where team_id not in (select team_id from {{ relation }}){{ also }}
+  {%- elif branch == 'event_time' -%}
+    where team_id in (select team_id from {{ relation }}){{ also }}
+        and timestamp >= (select min({{ read_from }}) from {{ relation }})
+        and timestamp >= {{ team_read_from }}
+  {%- elif branch == 'ingestion_time' -%}
+    where team_id in (select team_id from {{ relation }}){{ also }}
+        and ingested_at >= (select min({{ ingested_from }}) from {{ relation }})
+        and ingested_at >= {{ team_ingested_from }}
+        and timestamp < {{ team_read_from }}
+    {{ recon_ingestion_index_settings() }}
+  {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+  ClickHouse 26.x rewrites `coalesce(a, b) >= c` into conditions on each column before it looks for a
+  skip index on the coalesce expression itself (setting allow_key_condition_coalesce_rewrite), so
+  PostHog's `minmax_inserted_at` index on COALESCE(inserted_at, _timestamp) is never used. The
+  setting, on the read of the ingestion branch, turns that rewrite off where the engine has it (older
+  engines match the index directly and do not know the setting).
+-#}
+{% macro recon_ingestion_index_settings() -%}
+  {%- if execute -%}
+    {%- set found = run_query(
+        "select count() from system.settings where name = 'allow_key_condition_coalesce_rewrite'") -%}
+    {%- if found.rows[0][0] | int > 0 -%}settings allow_key_condition_coalesce_rewrite = 0{%- endif -%}
+  {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+  Pre-hooks of int_person_property_ops__by_window (incremental builds): per team of the scope, where
+  the previous builds of this grid stopped, written once into a small table `<model>__built` (team_id,
+  read_from, ingested_from) that the model's filters read many times (scalar subqueries and sets), so
+  the ledger rows are looked up once instead of once per use. Left in place after the build.
+    read_from      whole hours of event time: every counter cell of the hour is counted again in full;
+    ingested_from  the newest ingested event read, minus the overlap, rounded down to whole hours of
+                   ingestion time, likewise.
+-#}
+{% macro recon_built_relation() -%}
+  {{ this.schema }}.`{{ this.identifier }}__built`
+{%- endmacro %}
+
+{% macro recon_drop_built() %}
+  drop table if exists {{ recon_built_relation() }}
+{% endmacro %}
+
+{% macro recon_build_ops_ledger() %}
+  {%- if is_incremental() %}
+  create table {{ recon_built_relation() }}
+  engine = MergeTree
+  order by team_id
+  as
+  select
+      ledger.team_id as team_id,
+      toDateTime64(toStartOfHour(max(ledger.built_until)), 6, 'UTC') as read_from,
+      toDateTime64(
+          toStartOfHour(coalesce(max(ledger.ingested_until), max(ledger.built_until)) - {{ recon_overlap() }}), 6, 'UTC'
+      ) as ingested_from
+  from {{ this }} as ledger
+  where {{ recon_grid_filter('ledger') }}
+      -- the ledger rows' nil person, empty distinct_id and key: the primary key finds them
+      and ledger.event_person_id = {{ recon_nil_uuid() }}
+      and ledger.distinct_id = ''
+      and ledger.key = ''
+      and ledger.built_until is not null
+      and {{ recon_team_filter('ledger.team_id') }}
+  group by ledger.team_id
+  {%- else %}
+  select 1
+  {%- endif %}
+{% endmacro %}

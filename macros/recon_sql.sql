@@ -169,11 +169,12 @@
   Ingestion time of an event: `inserted_at` (ClickHouse's clock at the insert, close to when the row
   became visible), else `_timestamp` (the Kafka message time) for rows written before `inserted_at`
   existed. The incremental builds' watermark is on this time; the event `timestamp` stays the
-  semantic filter [W0, now).
+  semantic filter [W0, now). Written as PostHog's `minmax_inserted_at` skip index on events has it
+  (COALESCE(inserted_at, _timestamp), type DateTime64(6, 'UTC')), so that a filter on it can use it.
 -#}
 {% macro recon_event_ingested_at(alias=none) -%}
   {%- set p = (alias ~ '.') if alias else '' -%}
-  ifNull({{ p }}inserted_at, toDateTime64({{ p }}_timestamp, 6, 'UTC'))
+  coalesce({{ p }}inserted_at, {{ p }}_timestamp)
 {%- endmacro %}
 
 {#- Per team value looked up from a two-column CTE/table (team_id, value), `default` for other teams. -#}

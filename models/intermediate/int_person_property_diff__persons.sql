@@ -7,7 +7,8 @@
         engine='ReplacingMergeTree(computed_version)',
         order_by=['team_id', 'bug_window_start', 'bug_window_end', 'window_seconds', 'semantics', 'person_id'],
         on_schema_change='fail',
-        pre_hook=["{{ recon_drop_dirty_persons() }}", "{{ recon_build_dirty_persons() }}"],
+        pre_hook=["{{ recon_drop_dirty_persons() }}", "{{ recon_drop_diff_ledger() }}",
+                  "{{ recon_build_diff_ledger() }}", "{{ recon_build_dirty_persons() }}"],
         post_hook=["{{ recon_record_diffed_until() }}"],
     )
 }}

@@ -7,6 +7,7 @@
                   'bug_window_start', 'bug_window_end', 'window_seconds', 'window_start', 'slice_start', 'ingested_slice'],
         on_schema_change='fail',
         query_settings={'optimize_on_insert': 0},
+        pre_hook=["{{ recon_drop_built() }}", "{{ recon_build_ops_ledger() }}"],
         post_hook=["{{ recon_record_built_until() }}"],
     )
 }}
@@ -22,24 +23,18 @@
 -#}
 {%- set v = recon_vars() -%}
 {%- if is_incremental() %}{{ recon_check_now_not_behind_ledger() }}{% endif %}
+{#- the events read: all (a full build), or the new ones as three disjoint branches (recon_new_rows_filter) -#}
+{%- set branches = ['new_teams', 'event_time', 'ingestion_time'] if is_incremental() else ['all'] %}
 
 with built as (
-    -- per team, where the previous builds of this grid stopped: in event time (their `now`) and in
-    -- ingestion time (the newest ingested event they read)
+    -- per team, where the previous builds of this grid stopped (a small table the pre-hook wrote:
+    -- macros/recon_ledger.sql recon_build_ops_ledger)
     {%- if is_incremental() %}
     select
-        ledger.team_id as team_id,
-        -- whole hours of event time: every counter cell of the hour is counted again in full
-        toDateTime64(toStartOfHour(max(ledger.built_until)), 6, 'UTC') as read_from,
-        -- the overlap, rounded down to whole hours of ingestion time, likewise
-        toDateTime64(
-            toStartOfHour(coalesce(max(ledger.ingested_until), max(ledger.built_until)) - {{ recon_overlap() }}), 6, 'UTC'
-        ) as ingested_from
-    from {{ this }} as ledger
-    where {{ recon_grid_filter('ledger') }}
-        and ledger.built_until is not null
-        and {{ recon_team_filter('ledger.team_id') }}
-    group by ledger.team_id
+        team_id,
+        read_from,
+        ingested_from
+    from {{ recon_built_relation() }}
     {%- else %}
     select
         toInt64(0) as team_id,
@@ -50,6 +45,7 @@ with built as (
 ),
 
 operations as (
+    {%- for branch in branches %}
     select
         team_id as op_team_id,
         event_uuid,
@@ -65,24 +61,26 @@ operations as (
         event_is_malformed,
         event_operations
     from {{ ref('stg_posthog__property_operations') }}
-    {%- if is_incremental() %}
-    -- new event time since the last build, or ingested since its watermark minus the overlap
-    where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
-        or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
+    {{ recon_new_rows_filter(branch) }}
+    {%- if not loop.last %}
+    union all
     {%- endif %}
+    {%- endfor %}
 ),
 
 -- all events, for the `events` counter and the ingestion watermark (no properties read)
 events as (
+    {%- for branch in branches %}
     select
         team_id as event_team_id,
         timestamp,
         ingested_at
     from {{ ref('stg_posthog__events') }}
-    {%- if is_incremental() %}
-    where timestamp >= {{ recon_team_lookup('team_id', 'built', 'read_from', recon_ts('bug_window_start')) }}
-        or ingested_at >= {{ recon_team_lookup('team_id', 'built', 'ingested_from', recon_ts('bug_window_start')) }}
+    {{ recon_new_rows_filter(branch) }}
+    {%- if not loop.last %}
+    union all
     {%- endif %}
+    {%- endfor %}
 )
 
 select

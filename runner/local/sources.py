@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS {db}.events
         MATERIALIZED replaceRegexpAll(JSONExtractRaw(properties, '$session_id'), '^"|"$', ''),
     inserted_at Nullable(DateTime64(6, 'UTC')) DEFAULT now64(),
     _timestamp DateTime,
-    _offset UInt64
+    _offset UInt64,
+    INDEX kafka_timestamp_minmax_events _timestamp TYPE minmax GRANULARITY 3,
+    INDEX minmax_inserted_at COALESCE(inserted_at, _timestamp) TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(_timestamp)
 PARTITION BY toYYYYMM(timestamp)

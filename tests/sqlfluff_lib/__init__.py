@@ -167,3 +167,13 @@ def recon_unquote_big_integers(value: str, source: str) -> str:
 def recon_members(object_json: str, source: str, enabled: str) -> str:
     members = f"JSONExtractKeysAndValuesRaw({object_json})"
     return f"if({enabled}, {members}, {members})"
+
+
+def recon_built_relation() -> str:
+    return "recon.built"
+
+
+def recon_new_rows_filter(branch: str, **_: str) -> str:
+    if branch == "all":
+        return ""
+    return "where timestamp >= (select min(read_from) from built)"
