@@ -46,32 +46,35 @@
   ),
 
   -- (team, distinct_id, event person) groups with operations new since that build: new event time, or
--- ingested since its watermark minus the overlap. Only events that yield an operation count: an
--- event without one changes no state the diff reads (its counters feed the summary, not the diff),
--- and most events carry none, so counting them made the dirty set several times larger. The
--- extraction runs only on the rows the time filter keeps (the new batch and the overlap).
--- Read as the aggregation reads them (macros/recon_ledger.sql recon_new_rows_filter): one branch by
--- event time, one by ingestion time, so that the primary key and the ingestion-time index prune.
+-- ingested since its watermark minus the overlap. Only operation rows count: an event without an
+-- operation changes no state the diff reads (its counters feed the summary, not the diff). They are
+-- found in the aggregation itself, not by extracting the new events' operations again: an operation
+-- row carries the newest ingestion time of its operations (ingested_max) and the newest time of each
+-- kind (last_set, last_unset_at, last_set_once_at), merged by max, so a group that received an
+-- operation ingested at or after events_from, or timed at or after read_from, has a row saying so.
+-- The diff reads the operations from the aggregation only, so the groups whose rows there changed
+-- are exactly the ones to recompute (a superset: rows re-read in the overlap qualify again).
+-- Upgrading: operation rows written before ingested_max existed hold NULL there; a build whose
+-- aggregation ran under the old version and whose diff did not is caught up by --full-refresh.
 touched_groups as (
     select distinct
-        team_id,
-        distinct_id,
-        event_person_id
-    from (
-        {%- for branch in ['event_time', 'ingestion_time'] %}
-        select
-            team_id,
-            distinct_id,
-            event_person_id
-        from {{ ref('stg_posthog__property_operations') }}
-        {{ recon_new_rows_filter(
-            branch, relation='ledger', read_from='assumeNotNull(read_from)',
-            ingested_from='assumeNotNull(events_from)', also=" and kind != 'event'") }}
-        {%- if not loop.last %}
-        union all
-        {%- endif %}
-        {%- endfor %}
-    )
+        group_rows.team_id as team_id,
+        group_rows.distinct_id as distinct_id,
+        group_rows.event_person_id as event_person_id
+    from {{ ref('int_person_property_ops__by_window') }} as group_rows
+    where {{ recon_grid_filter('group_rows') }}
+        and group_rows.team_id in (select team_id from ledger)
+        and {{ recon_op_states_present('group_rows') }}
+        and (
+            group_rows.ingested_max >= {{ recon_team_lookup(
+                'group_rows.team_id', 'ledger', 'assumeNotNull(events_from)', recon_ts('bug_window_start')) }}
+            or greatest(
+                ifNull(tupleElement(group_rows.last_set, 1), {{ recon_ts('bug_window_start') }}),
+                ifNull(group_rows.last_unset_at, {{ recon_ts('bug_window_start') }}),
+                ifNull(group_rows.last_set_once_at, {{ recon_ts('bug_window_start') }})
+            ) >= {{ recon_team_lookup(
+                'group_rows.team_id', 'ledger', 'assumeNotNull(read_from)', recon_ts('bug_window_start')) }}
+        )
 ),
 
 -- distinct_ids with override rows ingested since that build (merges, reassignments, withdrawals)

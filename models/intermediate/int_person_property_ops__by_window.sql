@@ -103,7 +103,10 @@ select
         as events_with_operation_keys,
     cast(countIf(kind = 'event' and event_is_malformed) as SimpleAggregateFunction(max, UInt64)) as malformed_events,
     cast(sumIf(toUInt64(event_operations), kind = 'event') as SimpleAggregateFunction(max, UInt64)) as operations,
-    cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_max,
+    -- operation rows: the newest ingestion time of their operations (the dirty set of the diff finds
+    -- the groups with new operations by it, macros/recon_dirty_persons.sql); NULL on counter rows here
+    cast(maxOrNullIf(ingested_at, kind != 'event') as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC'))))
+        as ingested_max,
     cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as built_until,
     cast(null as SimpleAggregateFunction(max, Nullable(DateTime64(6, 'UTC')))) as ingested_until
 from operations
