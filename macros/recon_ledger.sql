@@ -141,8 +141,10 @@
   Each branch also compares with the smallest bound over the teams, a constant (scalar subquery) the
   index analysis can use; the per-team bound keeps the exact rows. The branches are disjoint, so every
   event is read once, as before: the counter cells stay exact. `all` (a full build): no filter.
+  index_settings: recon_ingestion_index_settings() rendered once by the caller (one query, not one per use).
 -#}
-{% macro recon_new_rows_filter(branch, relation='built', read_from='read_from', ingested_from='ingested_from', also='') -%}
+{% macro recon_new_rows_filter(branch, relation='built', read_from='read_from', ingested_from='ingested_from', also='',
+                                index_settings=none) -%}
   {%- set team_read_from = recon_team_lookup('team_id', relation, read_from, recon_ts('bug_window_start')) -%}
   {%- set team_ingested_from = recon_team_lookup('team_id', relation, ingested_from, recon_ts('bug_window_start')) -%}
   {%- if branch == 'new_teams' -%}
@@ -156,7 +158,7 @@
         and ingested_at >= (select min({{ ingested_from }}) from {{ relation }})
         and ingested_at >= {{ team_ingested_from }}
         and timestamp < {{ team_read_from }}
-    {{ recon_ingestion_index_settings() }}
+    {{ recon_ingestion_index_settings() if index_settings is none else index_settings }}
   {%- endif -%}
 {%- endmacro %}
 

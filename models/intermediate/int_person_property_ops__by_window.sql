@@ -25,6 +25,7 @@
 {%- if is_incremental() %}{{ recon_check_now_not_behind_ledger() }}{% endif %}
 {#- the events read: all (a full build), or the new ones as three disjoint branches (recon_new_rows_filter) -#}
 {%- set branches = ['new_teams', 'event_time', 'ingestion_time'] if is_incremental() else ['all'] %}
+{%- set index_settings = recon_ingestion_index_settings() if is_incremental() else '' %}
 
 with built as (
     -- per team, where the previous builds of this grid stopped (a small table the pre-hook wrote:
@@ -61,7 +62,7 @@ operations as (
         event_is_malformed,
         event_operations
     from {{ ref('stg_posthog__property_operations') }}
-    {{ recon_new_rows_filter(branch) }}
+    {{ recon_new_rows_filter(branch, index_settings=index_settings) }}
     {%- if not loop.last %}
     union all
     {%- endif %}
@@ -76,7 +77,7 @@ events as (
         timestamp,
         ingested_at
     from {{ ref('stg_posthog__events') }}
-    {{ recon_new_rows_filter(branch) }}
+    {{ recon_new_rows_filter(branch, index_settings=index_settings) }}
     {%- if not loop.last %}
     union all
     {%- endif %}

@@ -177,3 +177,7 @@ def recon_new_rows_filter(branch: str, **_: str) -> str:
     if branch == "all":
         return ""
     return "where timestamp >= (select min(read_from) from built)"
+
+
+def recon_ingestion_index_settings() -> str:
+    return ""
