@@ -314,6 +314,7 @@ def run_child(args: list[str], env: dict[str, str], servers: dict[str, int] | No
 # The engine's stages (runner.engine.stages) in the order the split is printed; `run` is the whole run.
 SHOWN_STAGES = (
     "fetch",
+    "set_write",
     "lock",
     "prefetch",
     "decide",

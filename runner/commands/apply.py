@@ -228,6 +228,18 @@ class HumanSink:
     show_envvar=True,
     help="Write a backup row per updated person (the original's backup_enabled).",
 )
+@click.option(
+    "--write-path",
+    type=click.Choice(["set", "per-person"]),
+    default="set",
+    show_default=True,
+    envvar="RECON_APPLY_WRITE_PATH",
+    show_envvar=True,
+    help="set: persons at their baseline version are locked, merged and written by one statement per "
+    "chunk, the others (three-way merges, held rows, refused values) person by person. per-person: "
+    "every person is locked, decided in Python and written (the path before the set-based one; same "
+    "results, slower).",
+)
 @options.output_option("JSON lines on stdout, one per person and a final summary; logs stay on stderr.")
 @options.sample_option("updated")
 @options.publish_timeout_option
@@ -239,6 +251,7 @@ def apply(
     batch_size: int,
     page_size: int,
     backup: bool,
+    write_path: str,
     output: str,
     sample: int,
     publish_timeout: float,
@@ -247,7 +260,9 @@ def apply(
     """Apply the diff table to Postgres (posthog_person) and publish each updated person to Kafka.
 
     Per team, in batches: lock the persons' rows, merge (simple or three-way), write the update
-    (version + 1), a backup row and an outbox row in one transaction, commit, then publish. Unpublished
+    (version + 1), a backup row and an outbox row in one transaction, commit, then publish. The
+    persons still at the diff's baseline version are locked, merged and written by one statement per
+    chunk (--write-path). Unpublished
     messages of earlier runs are published first.
 
     A message Kafka rejects for good (e.g. over its 1 MB size limit) is quarantined in the outbox with
@@ -277,6 +292,8 @@ def apply(
         backup=backup,
         publish_timeout=publish_timeout,
         max_rate=max_rate,
+        person_details=None if output == "json" else sample,
+        set_based=write_path == "set",
     )
     out = sys.stdout
     sink = JsonSink(out) if output == "json" else HumanSink(out, sample, progress=sys.stderr.isatty())

@@ -22,7 +22,7 @@ from typing import Generic
 import psycopg
 
 from runner.engine import pacing, retries, writing
-from runner.engine.deciding import decide_chunk
+from runner.engine.deciding import ChunkWriteFailed, decide_chunk
 from runner.engine.job import EngineSink, ItemT, Job, PrefetchT, TeamT
 from runner.engine.publishing import Publishing
 from runner.engine.stages import StageClock
@@ -137,12 +137,23 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 self.throttle.before_batch()  # --max-rate waits only while this batch holds no row lock
             self.throttle.count(len(chunk))
-            results, writes = decide_chunk(
-                job, conn, team_id, chunk, resumed=state.resumed, clock=self.clock
-            )
+            # Messages are kept in memory up to KEPT_MESSAGES per batch (the chunk may write them all).
+            keep_set = state.kept_messages + len(chunk) <= KEPT_MESSAGES
+            try:
+                decided = decide_chunk(
+                    job, conn, team_id, chunk, resumed=state.resumed, keep_messages=keep_set, clock=self.clock
+                )
+            except ChunkWriteFailed as failed:
+                if self._flight is not None:
+                    self._land(state)  # the batch before counts first (or fails the team itself)
+                self._stage(state, failed.results)  # they count as team_failed
+                raise failed.error from None
+            results, writes = decided.results, decided.writes
             if self._flight is not None:
-                self._land(state)
-            state.batch_writes += len(writes)
+                self._land(state)  # may close this team's previous batch: the counts below are this one's
+            state.batch_writes += len(writes) + decided.set_updated
+            for batch in decided.set_outbox:
+                state.add_outbox(batch)
             keep = state.kept_messages + len(writes) <= KEPT_MESSAGES
             if job.batch_size > 0 and state.in_batch + len(results) >= job.batch_size:
                 # The chunk's results are staged once its write landed (they may change: see _settle).

@@ -1,8 +1,10 @@
 """A chunk decided, before its write (`decide_chunk`): the job screens it (persons that fail up front),
 the persons an earlier attempt of the job already wrote are looked up in the outbox (only when that
-attempt touched the team) and reported, never written twice; the other rows are locked with `SKIP
-LOCKED` in LOCK_ATTEMPTS quick attempts (`lock_rows`, `runner.rules.engine`), the job reads what it needs
-for the locked rows (its prefetch) and decides every person.
+attempt touched the team) and reported, never written twice. The job's set-based write then settles
+what it can in one statement (apply: the persons at their baseline version are locked, decided and
+written; `Job.write_set`), and only the rest take the per-person path: their rows are locked with
+`SKIP LOCKED` in LOCK_ATTEMPTS quick attempts (`lock_rows`, `runner.rules.engine`), the job reads what
+it needs for the locked rows (its prefetch) and decides every person.
 
 Fault point (`runner.config.faults`): `before_lock` (a chunk's rows are about to be locked; the batch
 before it may still be committing).
@@ -12,16 +14,48 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any, Generic
 from uuid import UUID
 
 import psycopg
 
 from runner.config import faults
-from runner.engine.job import ItemT, Job, PrefetchT, TeamT
+from runner.engine.job import ItemT, Job, PrefetchT, SetDecided, TeamT
 from runner.engine.stages import StageClock
-from runner.rules.engine import HELD, LOCK_ATTEMPTS, LOCK_RETRY_WAITS, NOT_FOUND, VERSION_CONFLICT
+from runner.rules.engine import (
+    HELD,
+    LOCK_ATTEMPTS,
+    LOCK_RETRY_WAITS,
+    NOT_FOUND,
+    TEAM_FAILED,
+    VERSION_CONFLICT,
+)
 from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 from runner.stores import persons
+from runner.stores.persons import OutboxBatch
+
+
+@dataclass
+class Decided(Generic[ItemT]):
+    """A decided chunk: every person's result in chunk order, what the per-person path still has to
+    write, and what the set-based write already wrote in the batch's transaction (its updates count
+    for the batch's commit, its outbox batches are published with the batch's)."""
+
+    results: list[PersonOutcome[ItemT]]
+    writes: list[PersonWrite]
+    set_updated: int = 0
+    set_outbox: list[OutboxBatch] = field(default_factory=list)
+
+
+class ChunkWriteFailed(Exception):
+    """The set-based write of a chunk failed (not for a value: the team fails). Its persons reached the
+    write, so they count as `team_failed` (`results`), as they would had the write been per-person."""
+
+    def __init__(self, error: Exception, results: list[PersonOutcome[Any]]):
+        super().__init__(str(error))
+        self.error = error
+        self.results = results
 
 
 def decide_chunk(
@@ -31,10 +65,12 @@ def decide_chunk(
     chunk: list[ItemT],
     *,
     resumed: bool,
+    keep_messages: bool = True,
     clock: StageClock | None = None,
-) -> tuple[list[PersonOutcome[ItemT]], list[PersonWrite]]:
-    """Lock the chunk's rows and decide every person; returns the results and what to write. `resumed`:
-    an earlier attempt of the job touched the team. `clock` times the stages (lock, prefetch, decide)."""
+) -> Decided[ItemT]:
+    """Settle what the job's set-based write can, then lock the other persons' rows and decide them.
+    `resumed`: an earlier attempt of the job touched the team; `keep_messages`: the set-based write
+    returns its Kafka messages. `clock` times the stages (set_write, lock, prefetch, decide)."""
     clock = clock or StageClock()
     with clock.timed("decide"):
         chunk, early = job.screen(team_id, chunk)
@@ -43,13 +79,40 @@ def decide_chunk(
         done = persons.applied_by_job(conn, job.ledger_job_id, team_id, uuids) if resumed else {}
         faults.point("before_lock")
         lockable = [u for u in uuids if u not in done and u not in early]
+    settled: SetDecided[ItemT] | None = None
+    if lockable and job.set_based and not job.dry_run:
+        with clock.timed("set_write"):
+            pending = set(lockable)
+            items = [i for i, u in zip(chunk, uuids, strict=True) if u in pending]
+            try:
+                settled = job.write_set(conn, team_id, items, keep_messages=keep_messages)
+            except Exception as exc:  # noqa: BLE001 - the team fails; its persons count as team_failed
+                raise ChunkWriteFailed(exc, [job.unsettled(i, TEAM_FAILED) for i in chunk]) from exc
+        if settled is not None:
+            lockable = [u for u in lockable if u not in settled.results]
+    with clock.timed("lock"):
         rows, missing, locked_out = lock_rows(conn, team_id, lockable, lock=not job.dry_run, log=job.log)
     with clock.timed("prefetch"):
         prefetched = job.prefetch(
             conn, team_id, [i for i, u in zip(chunk, uuids, strict=True) if u in rows], rows
         )
     with clock.timed("decide"):
-        return _decide_all(job, team_id, chunk, uuids, early, done, rows, missing, locked_out, prefetched)
+        results, writes = _decide_all(
+            job,
+            team_id,
+            chunk,
+            uuids,
+            early,
+            done,
+            {} if settled is None else settled.results,
+            rows,
+            missing,
+            locked_out,
+            prefetched,
+        )
+    if settled is None:
+        return Decided(results, writes)
+    return Decided(results, writes, settled.updated, settled.outbox)
 
 
 def _decide_all(
@@ -59,6 +122,7 @@ def _decide_all(
     uuids: list[UUID],
     early: dict[UUID, PersonOutcome[ItemT]],
     done: dict[UUID, AppliedByJob],
+    settled: dict[UUID, PersonOutcome[ItemT]],
     rows: dict[UUID, PgPerson],
     missing: set[UUID],
     locked_out: set[UUID],
@@ -71,6 +135,8 @@ def _decide_all(
             result = early[uuid]
         elif uuid in done:
             result = job.already_done(item, done[uuid])
+        elif uuid in settled:
+            result = settled[uuid]
         elif uuid in missing:
             result = job.unsettled(item, NOT_FOUND)
         elif uuid in locked_out:

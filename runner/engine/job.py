@@ -22,6 +22,7 @@ import psycopg
 from runner.rules.engine import TEAM_FAILED
 from runner.rules.records import AppliedByJob, PersonOutcome, PersonWrite, PgPerson
 from runner.stores import ledger, metrics
+from runner.stores.persons import OutboxBatch
 
 ItemT = TypeVar("ItemT")  # a job's person to handle
 TeamT = TypeVar("TeamT", bound="TeamCounts")
@@ -56,6 +57,18 @@ class TeamCounts:
     @property
     def skipped(self) -> int:
         return self.processed - self.updated
+
+
+@dataclass
+class SetDecided(Generic[ItemT]):
+    """What a job's set-based write (`Job.write_set`) settled of a chunk, in the batch's transaction:
+    the persons' results by uuid (final as far as the write goes: written, unchanged, or changed under
+    the write), how many it updated, and its outbox batches. The chunk's other persons are the
+    engine's, on the per-person path."""
+
+    results: dict[UUID, PersonOutcome[ItemT]] = field(default_factory=dict)
+    updated: int = 0
+    outbox: list[OutboxBatch] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +107,7 @@ class Job(Protocol[ItemT, TeamT, PrefetchT]):
     batch_size: int
     backup: bool
     max_rate: float | None
+    set_based: bool  # whether the job has a set-based write (`write_set`) and uses it
     updated_outcome: str  # the outcome that counts as an update (once written)
     updated_label: str  # what the logs call those updates ("updated", "restored")
     nothing_to: str  # what the logs say a team without persons had nothing to do ("reconcile", "restore")
@@ -118,6 +132,9 @@ class Job(Protocol[ItemT, TeamT, PrefetchT]):
     def decide(
         self, item: ItemT, pg: PgPerson, prefetched: PrefetchT
     ) -> tuple[PersonOutcome[ItemT], PersonWrite | None]: ...
+    def write_set(
+        self, conn: psycopg.Connection, team_id: int, items: list[ItemT], *, keep_messages: bool
+    ) -> SetDecided[ItemT] | None: ...
     def already_done(self, item: ItemT, earlier: AppliedByJob) -> PersonOutcome[ItemT]: ...
     def unsettled(self, item: ItemT, outcome: str, reason: str | None = None) -> PersonOutcome[ItemT]: ...
     def run_metrics(self, run: EngineRun[TeamT]) -> list[metrics.Counter]: ...

@@ -5,8 +5,10 @@ The stages, by thread (stages of different threads overlap, so they do not add u
 
 - reader thread: `fetch`, reading the chunks (diff pages from ClickHouse, backup pages from Postgres)
   and decoding them;
-- engine thread: `lock` (screening a chunk, the persons an earlier attempt wrote, locking and reading
-  the Postgres rows), `prefetch` (what the job reads for the locked rows: apply's ClickHouse history),
+- engine thread: `set_write` (apply's set-based statement: a chunk staged by COPY, then locked,
+  decided, written, backed up and put in the outbox by one statement), `lock` (screening a chunk,
+  the persons an earlier attempt wrote, locking and reading the Postgres rows of the per-person
+  path), `prefetch` (what the job reads for the locked rows: apply's ClickHouse history),
   `decide` (the per-person decisions), `results` (staging results, the sinks), `retry` (the end-of-team
   retry), and its waits: `wait_fetch` (for the reader), `wait_write` (for the writer thread's batch),
   `wait_publish` (for the publishing thread's backlog and, at the end, every delivery confirmation);
@@ -29,6 +31,7 @@ from typing import Any
 STAGES = (
     "run",  # the whole run: its wall time and the process's CPU (all threads)
     "fetch",
+    "set_write",
     "lock",
     "prefetch",
     "decide",

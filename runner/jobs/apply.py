@@ -52,16 +52,22 @@ from uuid import UUID
 import psycopg
 from clickhouse_connect.driver.client import Client
 
-from runner.engine.job import EngineRun, TeamCounts
+from runner.engine.job import EngineRun, SetDecided, TeamCounts
 from runner.engine.loop import Engine
 from runner.engine.reader import cut_at_batches
 from runner.rules import apply as apply_rules
 from runner.rules.apply import NO_CHANGES, OUTCOMES, SUCCESS, PersonResult
-from runner.rules.engine import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
-from runner.rules.merge import PersonDiff, conflict_filter
+from runner.rules.engine import (
+    CHANGED_UNDER_WRITE,
+    INVALID_VALUE,
+    NOT_FOUND,
+    TEAM_FAILED,
+    VERSION_CONFLICT,
+)
+from runner.rules.merge import PersonDiff, conflict_filter, json_loads
 from runner.rules.records import PersonOutcome
 from runner.rules.scheduling import chunk_id
-from runner.stores import connections, diffs, ledger, metrics, persons
+from runner.stores import apply_sets, connections, diffs, ledger, metrics, persons
 from runner.stores.publisher import Publisher
 
 __all__ = [
@@ -94,6 +100,12 @@ class ApplyConfig:
     backup: bool = True
     publish_timeout: float = 30.0
     max_rate: float | None = None  # persons per second (runner.engine.pacing); None = unlimited
+    # How many updated persons per chunk carry their properties before/after in their results (the
+    # human output's samples); None: every person (the JSON lines). The set-based write returns them.
+    person_details: int | None = None
+    # The set-based write (runner.stores.apply_sets) for the persons at their baseline version; False:
+    # every person on the per-person path (`runner apply --write-path per-person`).
+    set_based: bool = True
 
     def ledger_view(self) -> dict[str, Any]:
         return {
@@ -231,6 +243,7 @@ class ApplyJob:
         self.batch_size = config.batch_size
         self.backup = config.backup
         self.max_rate = config.max_rate
+        self.set_based = config.set_based
         self._teams: dict[int, diffs.TeamSummary] = {}
         self._chunk_id = ""
 
@@ -302,6 +315,46 @@ class ApplyJob:
     ) -> tuple[PersonResult, persons.PersonWrite | None]:
         historic = prefetched.get(item.person_uuid)
         return apply_rules.decide(item, pg, historic, dry_run=self.dry_run, backup=self.backup)
+
+    def write_set(
+        self, conn: psycopg.Connection, team_id: int, items: list[PersonDiff], *, keep_messages: bool
+    ) -> SetDecided[PersonDiff] | None:
+        """The happy path in one statement (`runner.stores.apply_sets`): the persons at their baseline
+        version locked, decided, written, backed up and put in the outbox. The others (rows not
+        locked, rows that moved past the baseline: the three-way merge) are left to the per-person path,
+        and so is the whole chunk when Postgres refuses one of its values (None)."""
+        written = apply_sets.write_set(
+            conn,
+            self.ledger_job_id,
+            team_id,
+            items,
+            backup=self.backup,
+            keep_messages=keep_messages,
+            details=self.config.person_details,
+        )
+        if written is None:
+            log.info("Team %d: Postgres refused a value of a chunk; writing it person by person", team_id)
+            return None
+        results: dict[UUID, PersonResult] = {}
+        details = written.details
+        null_version = written.null_version
+        for ord_ in written.updated:
+            d = items[ord_]
+            before, after = (None, None) if ord_ not in details else map(json_loads, details[ord_])
+            version = None if ord_ in null_version else d.baseline_version
+            results[d.person_uuid] = PersonOutcome(
+                d, SUCCESS, before, after, version, apply_rules.version_after(version, d.baseline_version)
+            )
+        for ord_ in written.unchanged:
+            d = items[ord_]
+            before = None if ord_ not in details else json_loads(details[ord_][0])
+            version = None if ord_ in null_version else d.baseline_version
+            results[d.person_uuid] = PersonOutcome(d, NO_CHANGES, before, before, version, version)
+        for ord_ in written.lost:
+            d = items[ord_]
+            log.info("Person %s of team %d: its row changed since it was read", d.person_uuid, team_id)
+            results[d.person_uuid] = PersonOutcome(d, VERSION_CONFLICT, reason=CHANGED_UNDER_WRITE)
+        return SetDecided(results, len(written.updated), written.outbox)
 
     def already_done(self, item: PersonDiff, earlier: persons.AppliedByJob) -> PersonResult:
         return apply_rules.already_applied(item, earlier)

@@ -58,7 +58,7 @@ from uuid import UUID
 import psycopg
 
 from runner.config.settings import ConfigError
-from runner.engine.job import EngineRun, TeamCounts
+from runner.engine.job import EngineRun, SetDecided, TeamCounts
 from runner.engine.loop import Engine
 from runner.rules import restore as restore_rules
 from runner.rules.engine import INVALID_VALUE, NOT_FOUND, TEAM_FAILED, VERSION_CONFLICT
@@ -381,6 +381,7 @@ class RestoreJob:
     """What restore supplies to the batch engine (`runner.engine.job.Job`)."""
 
     ledger_kind = LEDGER_KIND
+    set_based = False  # every person takes the per-person path (whole properties from backups)
     updated_outcome = RESTORED
     updated_label = "restored"
     nothing_to = "restore"
@@ -488,6 +489,12 @@ class RestoreJob:
     ) -> dict[int, tuple[Any, Any]]:
         """The metadata maps of the locked rows (this transaction's)."""
         return persons.person_metadata(conn, team_id, [row.id for row in rows.values()])
+
+    def write_set(
+        self, conn: psycopg.Connection, team_id: int, items: list[BackupEntry], *, keep_messages: bool
+    ) -> SetDecided[BackupEntry] | None:
+        """Restore has no set-based write: every person takes the per-person path."""
+        return None
 
     def decide(
         self, item: BackupEntry, pg: persons.PgPerson, prefetched: dict[int, tuple[Any, Any]]

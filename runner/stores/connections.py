@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 
 from runner.rules.merge import exact_json_loads, json_loads
+from runner.stores.apply_sets import STAGE_DDL
 from runner.stores.persons import CHUNK_DDL
 
 log = logging.getLogger("runner.persons")
@@ -117,6 +118,7 @@ def _connect(url: str, read_only: bool, exact: bool) -> psycopg.Connection:
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))
         if not read_only:
             cur.execute(CHUNK_DDL)
+            cur.execute(STAGE_DDL)
     conn.commit()
     if read_only:
         conn.read_only = True

@@ -74,7 +74,7 @@ _OPERATION_AFTER = _METADATA_AFTER.format(col="properties_last_operation", delta
 
 # §2.7's message, as `runner.rules.merge.kafka_message` writes it, from the properties' jsonb text: the
 # message carries exactly what Postgres holds. (`%%` is a `%` once psycopg bound the parameters.)
-_PAYLOAD = (
+PAYLOAD_SQL = (
     """format('{"id": "%%s", "team_id": %%s, "properties": %%s, "is_identified": %%s, "is_deleted": 0, """
     """"created_at": %%s, "version": %%s}', """
     "chunk.uuid, chunk.team_id, to_json(chunk.properties_after::text), "
@@ -108,7 +108,7 @@ updated AS (
         version = chunk.version_after
     FROM chunk
     WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
-    RETURNING chunk.*, {_PAYLOAD} AS payload
+    RETURNING chunk.*, {PAYLOAD_SQL} AS payload
 ),
 backup AS (
     INSERT INTO posthog_person_reconciliation_backup (
@@ -276,7 +276,7 @@ def applied_by_job(
     return {row[0]: AppliedByJob(int(row[1]), row[2]) for row in rows}
 
 
-def _text_array(items: list[str] | None) -> str | None:
+def text_array(items: list[str] | None) -> str | None:
     """A Postgres text[] literal (COPY then reads it as the column's type; cheaper than the adapter)."""
     if items is None:
         return None
@@ -284,7 +284,7 @@ def _text_array(items: list[str] | None) -> str | None:
     return "{" + ",".join(quoted) + "}"
 
 
-def _copy_text(value: str) -> str:
+def copy_text(value: str) -> str:
     """A text value in COPY's text format (backslash, newline, carriage return and tab escaped)."""
     if "\\" in value:
         value = value.replace("\\", "\\\\")
@@ -304,16 +304,16 @@ def _copy_lines(writes: Sequence[PersonWrite]) -> Iterator[str]:
     for ord_, w in enumerate(writes):
         person = w.person
         updated_at, operation, removed = w.metadata_columns()
-        removed_text = _text_array(removed)
-        properties = _COPY_NULL if w.properties_json is None else _copy_text(w.properties_json)
+        removed_text = text_array(removed)
+        properties = _COPY_NULL if w.properties_json is None else copy_text(w.properties_json)
         lines.append(
             f"{ord_}\t{person.id}\t{person.uuid}\t"
             f"{_COPY_NULL if person.version is None else person.version}\t{properties}\t"
-            f"{_copy_text(w.set_json)}\t{_copy_array(w.set_dropped)}\t"
-            f"{_copy_text(w.set_once_json)}\t{_copy_array(w.set_once_dropped)}\t"
-            f"{_copy_text(updated_at)}\t{_copy_text(operation)}\t"
-            f"{_COPY_NULL if removed_text is None else _copy_text(removed_text)}\t{w.version_after}\t"
-            f"{_copy_text(w.pending_operations_json)}\n"
+            f"{copy_text(w.set_json)}\t{_copy_array(w.set_dropped)}\t"
+            f"{copy_text(w.set_once_json)}\t{_copy_array(w.set_once_dropped)}\t"
+            f"{copy_text(updated_at)}\t{copy_text(operation)}\t"
+            f"{_COPY_NULL if removed_text is None else copy_text(removed_text)}\t{w.version_after}\t"
+            f"{copy_text(w.pending_operations_json)}\n"
         )
         if len(lines) == _COPY_ROWS_PER_WRITE:
             yield "".join(lines)
@@ -323,12 +323,12 @@ def _copy_lines(writes: Sequence[PersonWrite]) -> Iterator[str]:
 
 
 def _copy_array(items: list[str]) -> str:
-    return _COPY_NULL if not items else _copy_text(_text_array(items) or "{}")
+    return _COPY_NULL if not items else copy_text(text_array(items) or "{}")
 
 
 # Errors of a chunk's write that one person's values can cause (Postgres cannot store a value: a NUL
 # character, an invalid escape, a too large row): the chunk is then written person by person.
-_PERSON_ERRORS = (
+PERSON_ERRORS = (
     psycopg.errors.DataError,
     psycopg.errors.IntegrityError,
     psycopg.errors.ProgramLimitExceeded,
@@ -356,7 +356,7 @@ def write_chunk(
         cur.execute("SAVEPOINT recon_chunk")
         try:
             written = _write_set(cur, job_id, team_id, writes, backup, keep_messages)
-        except _PERSON_ERRORS as exc:
+        except PERSON_ERRORS as exc:
             cur.execute("ROLLBACK TO SAVEPOINT recon_chunk")
             if len(writes) == 1:
                 return ChunkWritten(invalid={writes[0].person.uuid: _reason(exc)})
@@ -365,7 +365,7 @@ def write_chunk(
                 cur.execute("SAVEPOINT recon_person")
                 try:
                     one = _write_set(cur, job_id, team_id, [w], backup, keep_messages)
-                except _PERSON_ERRORS as person_exc:
+                except PERSON_ERRORS as person_exc:
                     cur.execute("ROLLBACK TO SAVEPOINT recon_person")
                     written.invalid[w.person.uuid] = _reason(person_exc)
                     continue
