@@ -52,6 +52,10 @@ class PersonDiff:
     set_once_json: str | None = None
     # Why Postgres cannot take this diff (a NUL character, a lone surrogate, invalid JSON), if so.
     invalid: str | None = None
+    # The set-based write's staged row (COPY text, without its position) as ClickHouse built it from
+    # the same entries (`runner.stores.diffs`); None when built otherwise or changed since (the
+    # conflict filter): then it is built from the decoded entries (`runner.stores.apply_sets`).
+    stage_line: str | None = None
 
     def value_maps(self) -> tuple[str, str]:
         """The SET and SET_ONCE maps as JSON object texts (built from the decoded values when the reader

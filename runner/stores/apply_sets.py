@@ -207,19 +207,27 @@ def _map_texts(entries: dict[str, tuple[Any, str]], operation: str) -> tuple[lis
     return keys, timestamps, operations
 
 
+def built_stage_line(d: PersonDiff, backup: bool) -> str:
+    """A diff's staged row (COPY text, without its position) built from its decoded entries: for diffs
+    the conflict filter changed, or without backups (no pending_operations)."""
+    set_json, set_once_json = d.value_maps()
+    _, set_ts, set_op = _map_texts(d.set, "set")
+    _, once_ts, once_op = _map_texts(d.set_once, "set_once")
+    unset = text_array(list(d.unset)) or "{}"
+    pending = pending_operations_json(d) if backup else "[]"
+    return (
+        f"{d.person_uuid}\t{d.baseline_version}\t{copy_text(set_json)}\t{copy_text(set_ts)}\t"
+        f"{copy_text(set_op)}\t{copy_text(set_once_json)}\t{copy_text(once_ts)}\t{copy_text(once_op)}\t"
+        f"{copy_text(unset)}\t{copy_text(pending)}"
+    )
+
+
 def _stage_lines(diffs: Sequence[PersonDiff], backup: bool) -> Iterator[str]:
     lines: list[str] = []
     for ord_, d in enumerate(diffs):
-        set_json, set_once_json = d.value_maps()
-        _, set_ts, set_op = _map_texts(d.set, "set")
-        _, once_ts, once_op = _map_texts(d.set_once, "set_once")
-        unset = text_array(list(d.unset)) or "{}"
-        pending = pending_operations_json(d) if backup else "[]"
-        lines.append(
-            f"{ord_}\t{d.person_uuid}\t{d.baseline_version}\t{copy_text(set_json)}\t{copy_text(set_ts)}\t"
-            f"{copy_text(set_op)}\t{copy_text(set_once_json)}\t{copy_text(once_ts)}\t{copy_text(once_op)}\t"
-            f"{copy_text(unset)}\t{copy_text(pending)}\n"
-        )
+        # As ClickHouse built it (runner.stores.diffs), else from the decoded entries.
+        line = d.stage_line if d.stage_line is not None and backup else built_stage_line(d, backup)
+        lines.append(f"{ord_}\t{line}\n")
         if len(lines) == 1000:
             yield "".join(lines)
             lines = []

@@ -59,15 +59,55 @@ def _value_map(prefix: str) -> str:
     )
 
 
+def _copy(text: str) -> str:
+    """A text in COPY's text format, as `runner.stores.persons.copy_text` writes it."""
+    return (
+        f"replaceAll(replaceAll(replaceAll(replaceAll({text}, '\\\\', '\\\\\\\\'), "
+        "'\\n', '\\\\n'), '\\r', '\\\\r'), '\\t', '\\\\t')"
+    )
+
+
+def _metadata_maps(prefix: str, operation: str) -> str:
+    """The SET (or SET_ONCE) keys' R9.7 timestamps and operation, as two JSON object texts (COPY text,
+    tab-separated)."""
+    timestamps = (
+        f"concat('{{', arrayStringConcat(arrayMap((k, t) -> concat(toJSONString(k), ': \"', {_ISO_T}, "
+        f"'\"'), {prefix}_keys, {prefix}_timestamps), ', '), '}}')"
+    )
+    operations = (
+        f"concat('{{', arrayStringConcat(arrayMap(k -> concat(toJSONString(k), ': \"{operation}\"'), "
+        f"{prefix}_keys), ', '), '}}')"
+    )
+    return f"{_copy(timestamps)}, '\\t', {_copy(operations)}"
+
+
+_PENDING = (
+    f"concat('[', arrayStringConcat(arrayConcat({_operations('set', 'set')}, "
+    f"{_operations('set_once', 'set_once')}, {_operations('unset', 'unset')}), ', '), ']')"
+)
+# The UNSET keys as a text[] literal, every element quoted (`runner.stores.persons.text_array`).
+_UNSET_ARRAY = (
+    "concat('{', arrayStringConcat(arrayMap(k -> concat('\"', replaceAll(replaceAll(k, '\\\\', "
+    "'\\\\\\\\'), '\"', '\\\\\"'), '\"'), unset_keys), ','), '}')"
+)
+# The set-based write's staged row without its position (`runner.stores.apply_sets`), in COPY text:
+# uuid, baseline, then per SET and SET_ONCE the value map, timestamps and operations, the UNSET keys and
+# pending_operations.
+_STAGE_LINE = (
+    "concat(toString(person_id), '\\t', toString(baseline_version), '\\t', "
+    f"{_copy(_value_map('set'))}, '\\t', {_metadata_maps('set', 'set')}, '\\t', "
+    f"{_copy(_value_map('set_once'))}, '\\t', {_metadata_maps('set_once', 'set_once')}, '\\t', "
+    f"{_copy(_UNSET_ARRAY)}, '\\t', {_copy(_PENDING)})"
+)
+
 # Per person: one JSON text [set keys, values, times, set_once keys, values, times, unset keys, times],
-# and the backup's pending_operations (R9.9) as JSON text, raw values included.
+# the backup's pending_operations (R9.9) as JSON text, raw values included, the SET and SET_ONCE maps
+# of raw value texts, and the set-based write's staged row.
 _DIFF_COLUMNS = (
     "batch_index, person_id, baseline_version, "
     f"concat('[', {_keys_values('set')}, ',', {_keys_values('set_once')}, ',', "
     f"toJSONString(unset_keys), ',', toJSONString({_iso('unset_timestamps')}), ']'), "
-    f"concat('[', arrayStringConcat(arrayConcat({_operations('set', 'set')}, "
-    f"{_operations('set_once', 'set_once')}, {_operations('unset', 'unset')}), ', '), ']'), "
-    f"{_value_map('set')}, {_value_map('set_once')}"
+    f"{_PENDING}, {_value_map('set')}, {_value_map('set_once')}, {_STAGE_LINE}"
 )
 
 
@@ -139,7 +179,7 @@ def iter_team_diffs(client: Client, schema: str, team_id: int, page_size: int) -
 def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
     """A person's diff; one Postgres cannot take (invalid JSON, a NUL character...) is marked `invalid`
     so that the person fails alone."""
-    batch_index, person_id, baseline, entries, operations, set_json, set_once_json = row
+    batch_index, person_id, baseline, entries, operations, set_json, set_once_json, stage_line = row
     person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
     try:
         s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(entries)
@@ -162,6 +202,7 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
         operations,
         set_json,
         set_once_json,
+        stage_line=stage_line,
     )
     if "\\u" in entries or "\x00" in entries:  # only then can a value or key be one Postgres refuses
         reason = unstorable(diff)

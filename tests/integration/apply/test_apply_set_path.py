@@ -7,13 +7,16 @@ set-based; their rows are compared with the uuids and team ids mapped."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import pytest
-from apply_support import TS, Diff, insert_ch_persons, insert_diffs, insert_summary, new_uuid
+from apply_support import SCHEMA, TS, Diff, insert_ch_persons, insert_diffs, insert_summary, new_uuid
 from kafka_util import read_topic
+
+from runner.stores import apply_sets, diffs
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +206,23 @@ def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg
         payload.update(id=uuids.index(UUID(payload["id"])), team_id=None)
         messages[team].append(json.dumps(payload, sort_keys=True))
     assert sorted(messages[1]) == sorted(messages[2]) and len(messages[1]) == 9
+
+
+def _copy_fields(line: str) -> list[Any]:
+    """A staged COPY text row's fields, unescaped, JSON fields decoded (the text[] literal kept)."""
+    fields = [
+        re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(m[1], m[1]), f)
+        for f in line.split("\t")
+    ]
+    return [fields[0], fields[1], *(json.loads(f) for f in fields[2:8]), fields[8], json.loads(fields[9])]
+
+
+def test_clickhouse_builds_the_staged_rows_python_would(env):
+    """The staged rows the reader takes from ClickHouse carry what the Python builder writes from the
+    decoded entries (the same JSON values and array literal; escaping for COPY included)."""
+    uuids = _seed(env, 1, 0)
+    diffs_read = list(diffs.iter_team_diffs(env["ch"], SCHEMA, 1, 100))
+    assert len(diffs_read) == len(uuids)
+    for d in diffs_read:
+        assert d.stage_line is not None
+        assert _copy_fields(d.stage_line) == _copy_fields(apply_sets.built_stage_line(d, True)), d.person_uuid
