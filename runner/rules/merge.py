@@ -359,8 +359,9 @@ def conflict_filter(diff: PersonDiff) -> PersonDiff:
 
 
 def json_equal(a: Any, b: Any) -> bool:
-    """Equality of decoded JSON values: objects by keys (order never matters), arrays in order,
-    numbers by value (`1 == 1.0`), and booleans never equal to numbers (unlike Python's `True == 1`)."""
+    """Equality of decoded JSON values as jsonb's `=` decides it: objects by keys (order never
+    matters), arrays in order, numbers by their exact decimal value (`1 == 1.0`), and booleans never
+    equal to numbers (unlike Python's `True == 1`)."""
     kind = type(a)
     if kind is type(b) and (kind is str or kind is int):  # the common case, first
         return bool(a == b)
@@ -372,6 +373,14 @@ def json_equal(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict | list) or isinstance(b, dict | list):
         return False
+    # A float and a Decimal: compared by the decimal values of their texts, as jsonb compares numbers.
+    # A float here came from a text of at most 15 significant digits (`exact_float`), which its repr
+    # gives back exactly; Python's float == Decimal would compare the double's binary value instead
+    # (0.1 == Decimal("0.1000000000000000055511151231257827021181583404541015625")).
+    if isinstance(a, float) and isinstance(b, Decimal):
+        return Decimal(repr(a)) == b
+    if isinstance(a, Decimal) and isinstance(b, float):
+        return a == Decimal(repr(b))
     return bool(a == b)
 
 

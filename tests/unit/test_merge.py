@@ -365,6 +365,21 @@ def test_json_loads_keeps_numbers_a_double_cannot_hold():
     # Equal values compare equal whichever way they were decoded; distinct ones never do.
     assert json_equal(json_loads("0.30000000000000000001"), 0.3) is False
     assert json_equal(json_loads("[1e2]")[0], 100)
+    # As jsonb's `=`: a number and the exact value of the double nearest to it are distinct values
+    # (Python's float == Decimal compares the double's binary value and says equal).
+    nearest = "0.1000000000000000055511151231257827021181583404541015625"
+    assert json_equal(json_loads("0.1"), json_loads(nearest)) is False
+    assert json_equal(json_loads(nearest), json_loads("0.1")) is False
+    assert (
+        json_equal(
+            json_loads('{"x": [0.3]}'),
+            json_loads('{"x": [0.299999999999999988897769753748434595763683319091796875]}'),
+        )
+        is False
+    )
+    assert json_equal(json_loads("0.10"), json_loads("0.1000000000000000000000"))
+    assert json_equal(json_loads("1.5"), json_loads("1.50000000000000000000"))
+    assert json_equal(json_loads("-2.5e-3"), json_loads("-0.0025000000000000000000"))
 
 
 def test_json_dumps_writes_exact_numbers_as_their_text():

@@ -97,6 +97,19 @@ CASES: list[tuple[str, int | None, str | None, str | None, dict, dict, dict]] = 
         {},
         {},
     ),
+    # a number against the exact value of the double nearest to it: distinct (jsonb's rule, both paths)
+    (
+        '{"f": 0.1, "g": 2.5}',
+        3,
+        None,
+        None,
+        {
+            "f": ("0.1000000000000000055511151231257827021181583404541015625", TS),
+            "g": ("2.50000000000000000", TS),
+        },
+        {},
+        {},
+    ),
     # three-way: Postgres moved past the baseline (left to the per-person path in both)
     (
         '{"plan": "team", "legacy": "y"}',
@@ -176,14 +189,14 @@ def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg
     assert a["persons"] == b["persons"]
     assert a["backups"] == b["backups"]
     assert a["outbox"] == b["outbox"]
-    # Every case did what it is there for: 8 updated (two kinds of nothing-to-change aside), the
+    # Every case did what it is there for: 9 updated (two kinds of nothing-to-change aside), the
     # three-way person updated too, the missing one not found.
     outcomes = {
         team: [runs[team].persons()[str(u)]["outcome"] for u in uuids]
         for team, uuids in ((1, per_person), (2, set_based))
     }
     assert outcomes[1] == outcomes[2]
-    assert outcomes[1].count("success") == 9 and outcomes[1].count("no_changes") == 1
+    assert outcomes[1].count("success") == 10 and outcomes[1].count("no_changes") == 1
     assert outcomes[1][MISSING] == "not_found"
     # The JSON lines agree on what was decided (the properties' key order may differ: a dict from
     # Python's merge, or jsonb's text).
@@ -205,7 +218,7 @@ def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg
         team, uuids = (1, per_person) if payload["team_id"] == 1 else (2, set_based)
         payload.update(id=uuids.index(UUID(payload["id"])), team_id=None)
         messages[team].append(json.dumps(payload, sort_keys=True))
-    assert sorted(messages[1]) == sorted(messages[2]) and len(messages[1]) == 9
+    assert sorted(messages[1]) == sorted(messages[2]) and len(messages[1]) == 10
 
 
 def _copy_fields(line: str) -> list[Any]:
