@@ -150,13 +150,16 @@ batch AS (
     RETURNING id, first_id, last_id, messages
 ),
 details AS (
-    -- as the per-person path shows them: properties that are not an object show as {{}}
+    -- as the per-person path shows them: properties that are not an object show as {{}}; the texts are
+    -- made only for the rows asked for
     SELECT ord, props::text AS before,
            CASE WHEN changed THEN properties_after::text ELSE props::text END AS after
-    FROM changes
-    WHERE changed OR %(all_details)s
-    ORDER BY ord
-    LIMIT %(details)s
+    FROM (
+        SELECT ord, props, properties_after, changed FROM changes
+        WHERE changed OR %(all_details)s
+        ORDER BY ord
+        LIMIT %(details)s
+    ) asked
 )
 SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated),
        (SELECT id FROM batch), (SELECT first_id FROM batch), (SELECT last_id FROM batch),
