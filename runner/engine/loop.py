@@ -10,9 +10,11 @@ ledger view and metrics. The engine does the rest, the same way for both:
 - the ledger (`runner.stores.ledger`: run, teams with their counts by outcome, on an autocommit connection
   that is reopened when lost) and, before new work, the backlog: unpublished messages of earlier runs;
 - per team: whether an earlier attempt of the job touched it; per chunk (`runner.engine.deciding`): the
-  persons the job already wrote reported, the other rows locked with `SKIP LOCKED` in quick attempts, the
-  job's prefetch and decision; the write (`runner.engine.writing`); every `batch_size` processed persons
-  the batch is closed: committed if it wrote anything, else its row locks released (R9.11);
+  persons the job already wrote reported, the job's set-based write where it has one (apply: the persons
+  at their baseline version locked, decided and written by one statement), the other rows locked with
+  `SKIP LOCKED` in quick attempts, the job's prefetch and decision; the write
+  (`runner.engine.writing`); every `batch_size` processed persons the batch is closed: committed if it
+  wrote anything, else its row locks released (R9.11);
 - pipelining: a reader thread reads the chunks a couple ahead (`runner.engine.reader`); batches (commit
   units) alternate between two connections, so while the writer thread writes and commits one batch,
   this thread already locks and decides the next on the other connection. The next batch's results are

@@ -9,6 +9,10 @@ batches). This module supplies what is apply's own (`ApplyJob`):
 
 - the chunk source: per team, persons read from the diff table in keyset pages and decoded
   (`runner.stores.diffs`), cut into chunks of at most a page that never straddle a batch boundary;
+- per chunk, the set-based write (`runner.stores.apply_sets`, `write_set`): the persons at their
+  baseline version are locked, decided, written, backed up and put in the outbox by one statement, from
+  the COPY lines the reader's query built; the rest (rows not locked, three-way merges, a chunk with a
+  value Postgres refuses) take the per-person path below (`--write-path per-person`: everyone);
 - per chunk, before deciding: one ClickHouse query for the historic state of the locked persons that
   need the three-way merge (their row moved past the diff's baseline version);
 - the decision per person (`runner.rules.apply`, pure): outcome, merge and version rule;
