@@ -36,6 +36,7 @@ from runner.rules.merge import PersonDiff, pending_operations_json
 from runner.stores.persons import (
     PAYLOAD_SQL,
     PERSON_ERRORS,
+    WRITTEN_SQL,
     OutboxBatch,
     copy_text,
     text_array,
@@ -118,37 +119,7 @@ updated AS (
               c.is_user_id, c.pending_operations, c.properties_after, c.updated_at_after,
               c.operation_after, {_PAYLOAD} AS payload
 ),
-backup AS (
-    INSERT INTO posthog_person_reconciliation_backup (
-        job_id, team_id, person_id, uuid,
-        properties, properties_last_updated_at, properties_last_operation, version,
-        is_identified, created_at, is_user_id, pending_operations,
-        properties_after, properties_last_updated_at_after, properties_last_operation_after, version_after)
-    SELECT %(job)s, team_id, id, uuid,
-           properties, COALESCE(properties_last_updated_at, 'null'::jsonb),
-           COALESCE(properties_last_operation, 'null'::jsonb), version,
-           is_identified, created_at, is_user_id, pending_operations,
-           properties_after, updated_at_after, operation_after, version_after
-    FROM updated
-    WHERE %(backup)s
-    ON CONFLICT (job_id, team_id, person_id) DO NOTHING
-    RETURNING 1
-),
-batch_id AS MATERIALIZED (
-    SELECT nextval('recon_outbox_batch_id_seq') AS id
-),
-outbox AS (
-    INSERT INTO recon_outbox (job_id, team_id, person_uuid, version, payload, batch_id)
-    SELECT %(job)s, %(team)s, uuid, version_after, payload, (SELECT id FROM batch_id)
-    FROM updated ORDER BY ord
-    RETURNING id, person_uuid, payload
-),
-batch AS (
-    INSERT INTO recon_outbox_batch (id, job_id, team_id, first_id, last_id, messages)
-    SELECT (SELECT id FROM batch_id), %(job)s, %(team)s, min(id), max(id), count(*) FROM outbox
-    HAVING count(*) > 0
-    RETURNING id, first_id, last_id, messages
-),
+{WRITTEN_SQL},
 details AS (
     -- as the per-person path shows them: properties that are not an object show as {{}}; the texts are
     -- made only for the rows asked for

@@ -83,34 +83,10 @@ PAYLOAD_SQL = (
     "chunk.version_after)"
 )
 
-# One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
-# backup's BEFORE columns are the locked rows'. The update only takes rows still at the version read
-# (a row changed since, by a writer ignoring row locks or a trigger, is left alone and reported back);
-# backups and outbox rows are written for the rows it really changed, with what it wrote. The outbox
-# rows get ids in processing order and the id of the chunk's outbox batch, whose row records their id
-# range (the publisher reads a batch back by that range when it did not keep the messages).
-_WRITE_SQL = f"""
-WITH chunk AS MATERIALIZED (
-    SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations,
-           {_PROPERTIES_AFTER} AS properties_after,
-           {_UPDATED_AT_AFTER} AS updated_at_after,
-           {_OPERATION_AFTER} AS operation_after,
-           p.team_id, p.properties, p.properties_last_updated_at, p.properties_last_operation, p.version,
-           p.is_identified, p.created_at, p.is_user_id
-    FROM {_CHUNK_TABLE} c
-    JOIN posthog_person p ON p.team_id = %(team)s AND p.id = c.id
-),
-updated AS (
-    UPDATE posthog_person p
-    SET properties = chunk.properties_after,
-        properties_last_updated_at = chunk.updated_at_after,
-        properties_last_operation = chunk.operation_after,
-        version = chunk.version_after
-    FROM chunk
-    WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
-    RETURNING chunk.*, {PAYLOAD_SQL} AS payload
-),
-backup AS (
+# What a write statement writes from its `updated` CTE (the rows it changed, with their `payload`):
+# the backups, the outbox rows in processing order (`ord`) and the chunk's outbox batch. Shared by the
+# per-person write (`_WRITE_SQL`) and the set-based one (`runner.stores.apply_sets`).
+WRITTEN_SQL = """backup AS (
     INSERT INTO posthog_person_reconciliation_backup (
         job_id, team_id, person_id, uuid,
         properties, properties_last_updated_at, properties_last_operation, version,
@@ -140,7 +116,36 @@ batch AS (
     SELECT (SELECT id FROM batch_id), %(job)s, %(team)s, min(id), max(id), count(*) FROM outbox
     HAVING count(*) > 0
     RETURNING id, first_id, last_id, messages
-)
+)"""
+
+# One statement per chunk. Every part reads the rows as they were before it (one snapshot), so the
+# backup's BEFORE columns are the locked rows'. The update only takes rows still at the version read
+# (a row changed since, by a writer ignoring row locks or a trigger, is left alone and reported back);
+# backups and outbox rows are written for the rows it really changed, with what it wrote. The outbox
+# rows get ids in processing order and the id of the chunk's outbox batch, whose row records their id
+# range (the publisher reads a batch back by that range when it did not keep the messages).
+_WRITE_SQL = f"""
+WITH chunk AS MATERIALIZED (
+    SELECT c.ord, c.id, c.uuid, c.version_read, c.version_after, c.pending_operations,
+           {_PROPERTIES_AFTER} AS properties_after,
+           {_UPDATED_AT_AFTER} AS updated_at_after,
+           {_OPERATION_AFTER} AS operation_after,
+           p.team_id, p.properties, p.properties_last_updated_at, p.properties_last_operation, p.version,
+           p.is_identified, p.created_at, p.is_user_id
+    FROM {_CHUNK_TABLE} c
+    JOIN posthog_person p ON p.team_id = %(team)s AND p.id = c.id
+),
+updated AS (
+    UPDATE posthog_person p
+    SET properties = chunk.properties_after,
+        properties_last_updated_at = chunk.updated_at_after,
+        properties_last_operation = chunk.operation_after,
+        version = chunk.version_after
+    FROM chunk
+    WHERE p.team_id = %(team)s AND p.id = chunk.id AND p.version IS NOT DISTINCT FROM chunk.version_read
+    RETURNING chunk.*, {PAYLOAD_SQL} AS payload
+),
+{WRITTEN_SQL}
 SELECT (SELECT count(*) FROM backup), (SELECT count(*) FROM updated),
        (SELECT id FROM batch), (SELECT first_id FROM batch), (SELECT last_id FROM batch),
        (SELECT messages FROM batch),
