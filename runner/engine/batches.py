@@ -6,6 +6,12 @@ batch stops the team before the next one counts as processed. A team's last batc
 when the next team starts; the team is handed back (`team_done`) once it landed, after its end-of-team
 retry.
 
+A chunk that is a whole batch of a job with a set-based write (apply) flies further: a worker decides
+and writes it (the set statement, then the per-person exceptions) on its connection while the batch
+before it is still being written on the other, so two Postgres backends work at once. It commits only
+when it lands, on this thread, after the batch before it committed; when that one failed its team, it
+is rolled back instead (its persons count as `team_failed`).
+
 Also here: staging results as the write turned them out, closing a batch (counted, its outbox batches
 handed to the publishing thread), and a failing team's open batch rolled back (its persons become
 `team_failed`), with the connections it may have lost closed, to be reopened for the next team.
@@ -15,14 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic
 
 import psycopg
 
-from runner.engine import pacing, retries, writing
+from runner.engine import flights, pacing, retries, writing
 from runner.engine.deciding import ChunkWriteFailed, decide_chunk
+from runner.engine.flights import Flight, WriteFailed, lost, rollback
 from runner.engine.job import EngineSink, ItemT, Job, PrefetchT, TeamT
 from runner.engine.publishing import Publishing
 from runner.engine.stages import StageClock
@@ -31,17 +37,6 @@ from runner.rules.engine import KEPT_MESSAGES, PERSON_FAILURES, VERSION_CONFLICT
 from runner.rules.records import PersonOutcome, PersonWrite
 from runner.stores import ledger
 from runner.stores.persons import ChunkWritten, OutboxBatch
-
-
-@dataclass
-class _Flight(Generic[ItemT, TeamT]):
-    """A batch whose last chunk the writer thread is writing and committing."""
-
-    state: TeamState[ItemT, TeamT]
-    conn: psycopg.Connection
-    future: Future[tuple[bool, ChunkWritten | None]]
-    outbox: list[OutboxBatch]  # of the batch's earlier chunks
-    results: list[PersonOutcome[ItemT]]  # of the chunk being written, staged when it landed
 
 
 class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
@@ -66,8 +61,9 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         # Two transactions in flight: batch n on conns[n % 2].
         self.conns: list[psycopg.Connection] = []
         self._turn = 0
-        self._flight: _Flight[ItemT, TeamT] | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-writer")
+        # In landing order; at most one between chunks (two while a deciding flight starts).
+        self._flights: list[Flight[ItemT, TeamT]] = []
+        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recon-writer")
 
     def open(self) -> None:
         self.conns = [self.job.connect() for _ in range(2)]
@@ -81,25 +77,27 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         """Reopen connections a failed team left lost (bounded backoff; raises when Postgres stays
         away, which ends the run)."""
         for i, conn in enumerate(self.conns):
-            in_flight = self._flight is not None and self._flight.conn is conn
-            if (conn.closed or conn.broken) and not in_flight:
+            if (conn.closed or conn.broken) and not self._flying(conn):
                 conn.close()
                 self.log.warning("Reconnecting to Postgres (a connection was lost)")
                 self.conns[i] = self.job.connect()
 
     def in_flight(self, state: TeamState[ItemT, TeamT]) -> bool:
         """Whether the team's last batch is still being written and committed."""
-        return self._flight is not None and self._flight.state is state
+        return any(f.state is state for f in self._flights)
+
+    def _flying(self, conn: psycopg.Connection) -> bool:
+        return any(f.conn is conn for f in self._flights)
 
     def land_last(self) -> None:
         """At the end of the run: wait for the last batch (and finish its team)."""
-        if self._flight is not None:
+        while self._flights:
             self._land(None)
 
     def abort(self, state: TeamState[ItemT, TeamT], exc: Exception) -> None:
-        """The team's error boundary (R11.2): its flight, if any, lands (quietly), its open batch is
+        """The team's error boundary (R11.2): its flights, if any, land (quietly), its open batch is
         rolled back, and the team fails."""
-        if self._flight is not None:
+        while self._flights:
             self._land(state, quiet=True)
         self._fail_team(state, exc, self.conns)
 
@@ -110,17 +108,14 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         committed batches stay."""
         self.log.exception("Team %d failed: %s", state.team.team_id, exc)
         for conn in conns:
-            try:
-                conn.rollback()
-            except psycopg.Error:
-                pass
+            rollback(conn)
             if conn.broken or conn.closed:
                 conn.close()  # reopened when the next team starts (ensure_conns)
         if any(conn.closed for conn in conns):
             # What ended this connection (a restart, a failover, terminated backends) may have ended the
             # idle one too, unnoticed until its next statement would fail the next team: start afresh.
             for conn in self.conns:
-                if self._flight is None or self._flight.conn is not conn:
+                if not self._flying(conn):
                     conn.close()
         for held in state.fail(f"{type(exc).__name__}: {exc}"):
             self.sink.stage(held)  # never written: their lines come out as team_failed too
@@ -137,6 +132,13 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 self.throttle.before_batch()  # --max-rate waits only while this batch holds no row lock
             self.throttle.count(len(chunk))
+            if flights.decides(job, len(chunk), state.in_batch):
+                deciding = flights.submit(self._writer, job, self.clock, conn, state, chunk)
+                self._flights.append(Flight(state, conn, deciding, [], [], decides=True, chunk=chunk))
+                self._turn ^= 1
+                if len(self._flights) > 1:
+                    self._land(state)  # the batch before lands first (or fails the team)
+                continue
             # Messages are kept in memory up to KEPT_MESSAGES per batch (the chunk may write them all).
             keep_set = state.kept_messages + len(chunk) <= KEPT_MESSAGES
             try:
@@ -144,12 +146,12 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
                     job, conn, team_id, chunk, resumed=state.resumed, keep_messages=keep_set, clock=self.clock
                 )
             except ChunkWriteFailed as failed:
-                if self._flight is not None:
+                while self._flights:
                     self._land(state)  # the batch before counts first (or fails the team itself)
                 self._stage(state, failed.results)  # they count as team_failed
                 raise failed.error from None
             results, writes = decided.results, decided.writes
-            if self._flight is not None:
+            while self._flights:
                 self._land(state)  # may close this team's previous batch: the counts below are this one's
             state.batch_writes += len(writes) + decided.set_updated
             for batch in decided.set_outbox:
@@ -159,7 +161,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
                 # The chunk's results are staged once its write landed (they may change: see _settle).
                 commit = bool(state.batch_writes) and not job.dry_run
                 future = self._writer.submit(self._write, conn, team_id, writes, True, commit, keep)
-                self._flight = _Flight(state, conn, future, state.take_outbox(), results)
+                self._flights.append(Flight(state, conn, future, state.take_outbox(), results))
                 self._turn ^= 1
                 continue
             written = None
@@ -173,36 +175,53 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
                 for batch in written.outbox:
                     state.add_outbox(batch)
             self._settle(state, results, written)
-        if self._flight is not None and self._flight.state is not state:
+        while self._flights and self._flights[0].state is not state:
             self._land(state)  # an earlier team's last batch: that team finishes first
         # While this team's last batch is in flight the staged counts are that batch's; else they are
         # those of a partial batch still open here.
-        if self._flight is None and state.in_batch:
+        if not self._flights and state.in_batch:
             conn = self.conns[self._turn]
             self._turn ^= 1
             commit = bool(state.batch_writes) and not job.dry_run
             committed, _ = self._write(conn, team_id, [], True, commit, False)
             self._batch_closed(state, committed, state.take_outbox())
-        if self._flight is None:
+        if not self._flights:
             self._retry_conflicts(state, self.conns[self._turn])
 
     def _land(self, current: TeamState[ItemT, TeamT] | None, *, quiet: bool = False) -> None:
-        """Wait for the flight's write and commit, then close its batch (and finish its team if that team
-        is done). A failed flight of `current`'s team raises (unless `quiet`: the caller is failing the
-        team anyway); a failed flight of an earlier team fails that team only."""
-        flight = self._flight
-        assert flight is not None
-        self._flight = None
+        """Wait for the oldest flight's write (a deciding flight: its decision and write, then commit it
+        here), then close its batch (and finish its team if that team is done). A failed flight of
+        `current`'s team raises (unless `quiet`: the caller is failing the team anyway); a failed flight
+        of an earlier team fails that team only. Either way the team's later flights are doomed."""
+        flight = self._flights.pop(0)
         try:
             with self.clock.timed("wait_write"):
-                committed, written = flight.future.result()
+                outcome = flight.future.result()
+            if flight.decides:
+                committed, written = flights.commit_decided(self.job, self.clock, flight, outcome)
+            else:
+                committed, written = outcome
         except Exception as exc:  # noqa: BLE001 - the flight's team fails (below or in the caller)
+            error: Exception = exc
+            if isinstance(exc, ChunkWriteFailed | WriteFailed):
+                flight.results, error = exc.results, exc.error
+            if flight.collateral and not flight.doomed and not quiet and lost(flight.conn):
+                self._again(flight)
+                self._land(current)
+                return
             self._stage(flight.state, flight.results)  # they count as team_failed
+            if flight.doomed:  # its team failed already (the caller fails it): never committed
+                rollback(flight.conn)
+                return
+            outage = lost(flight.conn)
+            for later in self._flights:
+                later.doomed = later.doomed or later.state is flight.state
+                later.collateral = later.collateral or (outage and later.state is not flight.state)
             if flight.state is current:
                 if quiet:
                     return
-                raise
-            self._fail_team(flight.state, exc, [flight.conn])
+                raise error from None
+            self._fail_team(flight.state, error, [flight.conn])
         else:
             self._settle(flight.state, flight.results, written)
             batches = flight.outbox if written is None else [*flight.outbox, *written.outbox]
@@ -213,6 +232,24 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
                 self._retry_guarded(flight.state, flight.conn)
             self.team_done(flight.state)
 
+    def _again(self, flight: Flight[ItemT, TeamT]) -> None:
+        """A collateral flight (see `Flight.collateral`) flies once more, first in line, on a new
+        connection in its old one's place."""
+        assert flight.chunk is not None
+        self.log.warning(
+            "Team %d: a batch lost its connection beside the team before it; running it again",
+            flight.state.team.team_id,
+        )
+        i = next(i for i, conn in enumerate(self.conns) if conn is flight.conn)
+        flight.conn.close()
+        self.conns[i] = flight.conn = self.job.connect()
+        flight.collateral = False
+        flight.results = []
+        flight.future = flights.submit(
+            self._writer, self.job, self.clock, flight.conn, flight.state, flight.chunk
+        )
+        self._flights.insert(0, flight)
+
     def _write(
         self,
         conn: psycopg.Connection,
@@ -222,18 +259,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         commit: bool,
         keep_messages: bool,
     ) -> tuple[bool, ChunkWritten | None]:
-        job = self.job
-        return writing.write(
-            conn,
-            job.ledger_job_id,
-            team_id,
-            writes,
-            backup=job.backup,
-            closes=closes,
-            commit=commit,
-            keep_messages=keep_messages,
-            clock=self.clock,
-        )
+        return flights.write(self.job, self.clock, conn, team_id, writes, closes, commit, keep_messages)
 
     def _batch_closed(
         self, state: TeamState[ItemT, TeamT], committed: bool, batches: list[OutboxBatch]

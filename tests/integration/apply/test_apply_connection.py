@@ -129,3 +129,40 @@ def test_lost_connection_fails_the_team_with_true_counts_and_the_run_goes_on(
     again = run_apply("--job-id", "job-lost", "--output", "json")
     assert again.exit_code == 0, again.stdout + again.stderr
     assert {v for _, v in pg_rows("SELECT uuid, version FROM posthog_person")} == {3}
+
+
+def test_a_batch_decided_beside_the_one_that_failed_is_rolled_back(
+    env, run_apply, pg_rows, pg_url, tmp_path, monkeypatch
+):
+    """Batches that are whole chunks are decided and written two at a time (the set path): while team
+    1's second batch waits at the fault point, its third is written on the other connection. The second
+    loses its connection, so the team fails; the third, written but not committed, is rolled back (its
+    persons count as team_failed), and only the first batch stays."""
+    team1 = [new_uuid(300 + i) for i in range(6)]
+    team2 = [new_uuid(400 + i) for i in range(2)]
+    seed_teams(env, {1: team1, 2: team2})
+    run = run_with_backends_terminated(
+        run_apply,
+        pg_url,
+        tmp_path,
+        monkeypatch,
+        "before_lock:2:pause",  # team 1's second batch
+        2,
+        "--job-id",
+        "job-beside",
+        "--batch-size",
+        "2",
+    )
+
+    assert run.exit_code == 1, run.stdout + run.stderr
+    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    assert teams[1]["status"] == "failed" and (teams[1]["updated"], teams[1]["commits"]) == (2, 1)
+    assert teams[2]["status"] == "succeeded" and teams[2]["updated"] == 2
+    versions = dict(pg_rows("SELECT uuid, version FROM posthog_person"))
+    assert [versions[u] for u in team1] == [3, 3, 2, 2, 2, 2] and [versions[u] for u in team2] == [3, 3]
+    assert pg_rows("SELECT count(*) FROM recon_outbox WHERE team_id = 1") == [(2,)]
+    assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup WHERE team_id = 1") == [(2,)]
+
+    again = run_apply("--job-id", "job-beside", "--output", "json")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert {v for _, v in pg_rows("SELECT uuid, version FROM posthog_person")} == {3}
