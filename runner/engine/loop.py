@@ -19,7 +19,10 @@ ledger view and metrics. The engine does the rest, the same way for both:
   units) alternate between two connections, so while the writer thread writes and commits one batch,
   this thread already locks and decides the next on the other connection. The next batch's results are
   staged (and its writes sent) only once the one before it committed: commits and results stay in
-  order, and a failed batch stops the team before the next one counts as processed;
+  order, and a failed batch stops the team before the next one counts as processed. With a set-based
+  write, a chunk that is a whole batch is decided and written by a writer thread too
+  (`runner.engine.flights`), so two batches' statements run on two backends at once; it commits when it
+  lands, in order, and is rolled back when the batch before it failed its team;
 - publishing (`runner.engine.publishing`): a thread produces each committed batch's messages; at the end
   of the run every message must be confirmed, else the teams owning the unconfirmed ones fail, and
   messages of the job Kafka rejected for good are counted (`runner.stores.outbox` quarantine);

@@ -328,6 +328,7 @@ def apply_task(
         batch_size=config.batch_size,
         backup=config.backup_enabled,
         max_rate=config.max_rate,
+        person_details=0,  # the quiet sink shows no person: no before/after texts from the set write
     )
     try:
         publisher = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,9 +40,9 @@ class PersonDiff:
     team_id: int
     person_uuid: UUID
     baseline_version: int
-    set: dict[str, tuple[Any, str]] = field(default_factory=dict)
-    set_once: dict[str, tuple[Any, str]] = field(default_factory=dict)
-    unset: dict[str, str] = field(default_factory=dict)
+    set: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    set_once: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    unset: Mapping[str, str] = field(default_factory=dict)
     batch_index: int = 0
     # R9.9's pending_operations as JSON text when the reader built it (see pending_operations_json).
     pending_operations: str | None = None
@@ -56,6 +56,9 @@ class PersonDiff:
     # the same entries (`runner.stores.diffs`); None when built otherwise or changed since (the
     # conflict filter): then it is built from the decoded entries (`runner.stores.apply_sets`).
     stage_line: str | None = None
+    # ClickHouse found no key both set (or set once) and unset, and no text Postgres might refuse: the
+    # conflict filter has nothing to do (the reader then decodes the entries only when asked: `Entries`).
+    plain: bool = False
 
     def value_maps(self) -> tuple[str, str]:
         """The SET and SET_ONCE maps as JSON object texts (built from the decoded values when the reader
@@ -67,6 +70,75 @@ class PersonDiff:
         if set_once_json is None:
             set_once_json = json_dumps({key: value for key, (value, _) in self.set_once.items()})
         return set_json, set_once_json
+
+
+# A diff's SET, SET_ONCE and UNSET maps, decoded.
+DecodedMaps = tuple[dict[str, tuple[Any, str]], dict[str, tuple[Any, str]], dict[str, str]]
+
+
+class Entries:
+    """A diff's entries as the reader got them, one JSON text `[set keys, values, timestamps, set_once
+    keys, values, timestamps, unset keys, timestamps]`, decoded on first use into the SET, SET_ONCE and
+    UNSET maps (`maps`): the set-based write needs none of them for most persons."""
+
+    __slots__ = ("_text", "_maps")
+
+    def __init__(self, text: str):
+        self._text = text
+        self._maps: DecodedMaps | None = None
+
+    def maps(self) -> DecodedMaps:
+        if self._maps is None:
+            self._maps = decode_entries(self._text)
+        return self._maps
+
+
+class LazyMap(Mapping[str, Any]):
+    """One of a diff's three maps (0 SET, 1 SET_ONCE, 2 UNSET), decoded from its `Entries` when first
+    read; equal to the dict it decodes to."""
+
+    __slots__ = ("_entries", "_which")
+
+    def __init__(self, entries: Entries, which: int):
+        self._entries = entries
+        self._which = which
+
+    def _map(self) -> dict[str, Any]:
+        return self._entries.maps()[self._which]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._map()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map())
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map()
+
+    def keys(self) -> KeysView[str]:
+        return self._map().keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self._map().items()
+
+    def values(self) -> ValuesView[Any]:
+        return self._map().values()
+
+    def __repr__(self) -> str:
+        return repr(self._map())
+
+
+def decode_entries(text: str) -> DecodedMaps:
+    """The SET, SET_ONCE and UNSET maps of an `Entries` text (raises ValueError when it is not JSON)."""
+    s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(text)
+    return (
+        dict(zip(s_keys, zip(s_values, s_ts, strict=True), strict=True)),
+        dict(zip(o_keys, zip(o_values, o_ts, strict=True), strict=True)),
+        dict(zip(u_keys, u_ts, strict=True)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +395,8 @@ def conflict_filter(diff: PersonDiff) -> PersonDiff:
 
     Both passes use the timestamps of the original UNSET map (R7.2). Idempotent.
     """
+    if diff.plain:
+        return diff  # ClickHouse found no key both set (or set once) and unset
     unset = diff.unset
     if not unset or not (diff.set.keys() & unset.keys() or diff.set_once.keys() & unset.keys()):
         return diff

@@ -25,7 +25,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -173,7 +173,7 @@ def _key_map(keys: Sequence[str], values: Sequence[str]) -> str:
     return "{" + ", ".join(pairs) + "}"
 
 
-def _map_texts(entries: dict[str, tuple[Any, str]], operation: str) -> tuple[list[str], str, str]:
+def _map_texts(entries: Mapping[str, tuple[Any, str]], operation: str) -> tuple[list[str], str, str]:
     keys = [encode_basestring_ascii(k) for k in entries]
     timestamps = _key_map(keys, [ts for _, ts in entries.values()])
     op = encode_basestring_ascii(operation)

@@ -14,7 +14,7 @@ from uuid import UUID
 from clickhouse_connect.driver.client import Client
 
 from runner.config.settings import ConfigError
-from runner.rules.merge import PersonDiff, json_loads, unstorable
+from runner.rules.merge import Entries, LazyMap, PersonDiff, decode_entries, json_loads, unstorable
 from runner.stores.warehouse import ident
 
 DIFF_TABLE = "person_property_diff"
@@ -103,11 +103,16 @@ _STAGE_LINE = (
 # Per person: one JSON text [set keys, values, times, set_once keys, values, times, unset keys, times],
 # the backup's pending_operations (R9.9) as JSON text, raw values included, the SET and SET_ONCE maps
 # of raw value texts, and the set-based write's staged row.
+# Last, whether the diff is plain (`PersonDiff.plain`): no key both set (or set once) and unset, and
+# entries that are JSON with no escape sequence and no NUL (what the reader would otherwise look into).
 _DIFF_COLUMNS = (
     "batch_index, person_id, baseline_version, "
     f"concat('[', {_keys_values('set')}, ',', {_keys_values('set_once')}, ',', "
-    f"toJSONString(unset_keys), ',', toJSONString({_iso('unset_timestamps')}), ']'), "
-    f"{_PENDING}, {_value_map('set')}, {_value_map('set_once')}, {_STAGE_LINE}"
+    f"toJSONString(unset_keys), ',', toJSONString({_iso('unset_timestamps')}), ']') AS recon_entries, "
+    f"{_PENDING}, {_value_map('set')}, {_value_map('set_once')}, {_STAGE_LINE}, "
+    "NOT hasAny(set_keys, unset_keys) AND NOT hasAny(set_once_keys, unset_keys) "
+    "AND position(recon_entries, '\\\\u') = 0 AND position(recon_entries, char(0)) = 0 "
+    "AND isValidJSON(recon_entries)"
 )
 
 
@@ -178,11 +183,27 @@ def iter_team_diffs(client: Client, schema: str, team_id: int, page_size: int) -
 
 def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
     """A person's diff; one Postgres cannot take (invalid JSON, a NUL character...) is marked `invalid`
-    so that the person fails alone."""
-    batch_index, person_id, baseline, entries, operations, set_json, set_once_json, stage_line = row
+    so that the person fails alone. A plain diff's entries are decoded only when asked (`Entries`)."""
+    batch_index, person_id, baseline, entries, operations, set_json, set_once_json, stage_line, plain = row
     person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
+    if plain:
+        lazy = Entries(entries)
+        return PersonDiff(
+            team_id,
+            person,
+            int(baseline),
+            LazyMap(lazy, 0),
+            LazyMap(lazy, 1),
+            LazyMap(lazy, 2),
+            int(batch_index),
+            operations,
+            set_json,
+            set_once_json,
+            stage_line=stage_line,
+            plain=True,
+        )
     try:
-        s_keys, s_values, s_ts, o_keys, o_values, o_ts, u_keys, u_ts = json_loads(entries)
+        set_map, set_once_map, unset_map = decode_entries(entries)
     except ValueError:
         return PersonDiff(
             team_id,
@@ -195,9 +216,9 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
         team_id,
         person,
         int(baseline),
-        dict(zip(s_keys, zip(s_values, s_ts, strict=True), strict=True)),
-        dict(zip(o_keys, zip(o_values, o_ts, strict=True), strict=True)),
-        dict(zip(u_keys, u_ts, strict=True)),
+        set_map,
+        set_once_map,
+        unset_map,
         int(batch_index),
         operations,
         set_json,

@@ -27,8 +27,6 @@ class Counter:
     increment: float
 
 
-
-
 def apply_counters(
     chunk: str,
     *,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ import pytest
 from apply_support import SCHEMA, TS, Diff, insert_ch_persons, insert_diffs, insert_summary, new_uuid
 from kafka_util import read_topic
 
+from runner.rules.merge import conflict_filter, unstorable
 from runner.stores import apply_sets, diffs
 
 pytestmark = pytest.mark.integration
@@ -239,3 +241,20 @@ def test_clickhouse_builds_the_staged_rows_python_would(env):
     for d in diffs_read:
         assert d.stage_line is not None
         assert _copy_fields(d.stage_line) == _copy_fields(apply_sets.built_stage_line(d, True)), d.person_uuid
+
+
+def test_plain_diffs_are_those_the_reader_need_not_look_into(env):
+    """ClickHouse marks a diff plain (its entries decoded only when asked) only where the conflict filter
+    changes nothing and no text needs the unstorable check; the lazily decoded maps are the eager ones."""
+    _seed(env, 1, 0)
+    diffs_read = list(diffs.iter_team_diffs(env["ch"], SCHEMA, 1, 100))
+    plain = [d for d in diffs_read if d.plain]
+    assert plain and len(plain) < len(diffs_read)
+    for d in diffs_read:
+        eager = replace(d, set=dict(d.set), set_once=dict(d.set_once), unset=dict(d.unset), plain=False)
+        assert (eager.set, eager.set_once, eager.unset) == (d.set, d.set_once, d.unset)
+        if d.plain:
+            assert conflict_filter(eager) is eager, d.person_uuid
+            assert unstorable(eager) is None and d.invalid is None, d.person_uuid
+        if (d.set.keys() | d.set_once.keys()) & d.unset.keys():
+            assert not d.plain, d.person_uuid  # the conflict filter has work to do
