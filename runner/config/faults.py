@@ -10,7 +10,12 @@ like a kill -9), or with `:pause` it writes `$RECON_FAULT_FILE` and waits until 
 - `mid_publish`: about to produce a message (counts messages).
 - `after_batch`: a batch is committed, published and marked published (on the publishing thread, while
   the next batches go on).
-- `before_lock`: a chunk's rows are about to be locked (the batch before it may still be committing).
+- `before_lock`: a chunk's rows are about to be locked (the batch before it may still be committing;
+  a chunk that is a whole batch of apply's set path reaches it on a writer thread, beside the batch
+  before it).
+
+`point()` may be reached from several threads (the engine's, the writer threads'); its count is kept
+under a lock.
 
 Unset in production: `point()` is then a dictionary lookup.
 """
@@ -18,6 +23,7 @@ Unset in production: `point()` is then a dictionary lookup.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +33,7 @@ ENV_FAULT_FILE = "RECON_FAULT_FILE"
 EXIT_CODE = 86
 
 _seen: Counter[str] = Counter()
+_lock = threading.Lock()
 _UNSET = object()
 _spec: object | tuple[str, int, str] | None = _UNSET
 
@@ -49,12 +56,14 @@ def point(name: str) -> None:
     if spec is None or spec[0] != name:
         return
     _target, count, action = spec
-    _seen[name] += 1
-    if _seen[name] != count:
+    with _lock:
+        _seen[name] += 1
+        seen = _seen[name]
+    if seen != count:
         return
     if action == "pause":
         marker = Path(os.environ[ENV_FAULT_FILE])
-        marker.write_text(f"{name}:{_seen[name]}\n")
+        marker.write_text(f"{name}:{seen}\n")
         while marker.exists():
             time.sleep(0.05)
         return

@@ -128,6 +128,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         the flight landed. Returns with this team's last batch possibly still in flight."""
         job = self.job
         for chunk in self.clock.timed_iter("wait_fetch", iter(chunks)):
+            self.ensure_conns()  # an earlier team's failure may have closed one (the other is in flight)
             conn = self.conns[self._turn]
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 self.throttle.before_batch()  # --max-rate waits only while this batch holds no row lock
@@ -177,6 +178,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             self._settle(state, results, written)
         while self._flights and self._flights[0].state is not state:
             self._land(state)  # an earlier team's last batch: that team finishes first
+        self.ensure_conns()
         # While this team's last batch is in flight the staged counts are that batch's; else they are
         # those of a partial batch still open here.
         if not self._flights and state.in_batch:
@@ -205,12 +207,18 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             error: Exception = exc
             if isinstance(exc, ChunkWriteFailed | WriteFailed):
                 flight.results, error = exc.results, exc.error
-            if flight.collateral and not flight.doomed and not quiet and lost(flight.conn):
+            redo = not (quiet or flight.doomed or flights.commit_uncertain(exc))
+            if redo and flight.collateral and lost(flight.conn):
                 self._again(flight)
                 self._land(current)
                 return
             self._stage(flight.state, flight.results)  # they count as team_failed
             if flight.doomed:  # its team failed already (the caller fails it): never committed
+                self.log.info(
+                    "Team %d: a batch beside the failed one rolled back (%s)",
+                    flight.state.team.team_id,
+                    error,
+                )
                 rollback(flight.conn)
                 return
             outage = lost(flight.conn)

@@ -49,6 +49,10 @@ class WriteFailed(Exception):
         self.results = results
 
 
+class CommitFailed(WriteFailed):
+    """A deciding flight's commit failed (see `commit_uncertain`)."""
+
+
 def decides(job: Job[Any, Any, Any], size: int, in_batch: int) -> bool:
     """Whether a chunk flies as a deciding flight: a whole batch (it opens and closes one) of a job with a
     set-based write that writes."""
@@ -97,21 +101,22 @@ def commit_decided(
     flight: Flight[ItemT, TeamT],
     outcome: tuple[Decided[ItemT], ChunkWritten | None],
 ) -> tuple[bool, ChunkWritten | None]:
-    """A deciding flight landed: its batch is counted and committed (if it wrote anything) here, in
-    order; a doomed one raises (the caller rolls it back: its persons count as team_failed)."""
+    """A deciding flight landed: its batch is committed (if it wrote anything) here, in order, then
+    counted; a doomed one raises (the caller rolls it back: its persons count as team_failed)."""
     decided, written = outcome
     flight.results = decided.results
     if flight.doomed:
         raise RuntimeError("a batch before it failed the team")
     state = flight.state
-    state.batch_writes += len(decided.writes) + decided.set_updated
-    flight.outbox = list(decided.set_outbox)
+    writes = len(decided.writes) + decided.set_updated
     try:
         committed, _ = write(
-            job, clock, flight.conn, state.team.team_id, [], True, bool(state.batch_writes), False
+            job, clock, flight.conn, state.team.team_id, [], True, bool(state.batch_writes + writes), False
         )
     except Exception as exc:
-        raise WriteFailed(exc, decided.results) from exc
+        raise CommitFailed(exc, decided.results) from exc
+    state.batch_writes += writes
+    flight.outbox = list(decided.set_outbox)
     return committed, written
 
 
@@ -137,6 +142,15 @@ def write(
         keep_messages=keep_messages,
         clock=clock,
     )
+
+
+def commit_uncertain(exc: Exception) -> bool:
+    """Whether a deciding flight failed in its COMMIT without the server saying so: the connection
+    dropped with no error from Postgres, so the batch may have committed. (An error Postgres sent in
+    reply to COMMIT, such as a terminated backend's, means it did not.)"""
+    if not isinstance(exc, CommitFailed):
+        return False
+    return not (isinstance(exc.error, psycopg.Error) and exc.error.sqlstate is not None)
 
 
 def lost(conn: psycopg.Connection) -> bool:

@@ -38,8 +38,8 @@ ledger view and metrics. The engine does the rest, the same way for both:
   end of the run and returned in `EngineRun.stages` (apply's JSON summary: `"stages"`).
 
 Fault points (`runner.config.faults`): `before_lock` (`runner.engine.deciding`), `before_commit`,
-`after_commit` (writer thread, `runner.engine.writing`), `mid_publish` (`runner.stores.publisher`),
-`after_batch` (publishing thread, `runner.engine.publishing`).
+`after_commit` (`runner.engine.writing`: writer thread, or this one for a deciding flight),
+`mid_publish` (`runner.stores.publisher`), `after_batch` (publishing thread, `runner.engine.publishing`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ the batch wrote anything, else its row locks released (R9.11) (`write`); then wh
 for each person (`settle`): a person whose row changed since it was read was not written
 (version_conflict), one whose value Postgres refused fails alone (invalid_value).
 
-Fault points (`runner.config.faults`): `before_commit`, `after_commit` (on the writer thread, where
-`write` runs for a batch's last chunk).
+Fault points (`runner.config.faults`): `before_commit`, `after_commit` (where `write` closes a batch:
+on the writer thread, or on the engine's thread when a deciding flight of `runner.engine.flights`
+lands).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def write(
 ) -> tuple[bool, persons.ChunkWritten | None]:
     """Write a chunk; when it `closes` its batch, commit the batch if it wrote anything (R9.11,
     `commit`), else release its row locks. Returns whether it committed, and what the chunk's write did.
-    Runs on the writer thread (or inline). `clock` times the stages (write, commit)."""
+    Runs on a writer thread (or inline). `clock` times the stages (write, commit)."""
     clock = clock or StageClock()
     written = None
     if writes:

@@ -103,8 +103,9 @@ _STAGE_LINE = (
 # Per person: one JSON text [set keys, values, times, set_once keys, values, times, unset keys, times],
 # the backup's pending_operations (R9.9) as JSON text, raw values included, the SET and SET_ONCE maps
 # of raw value texts, and the set-based write's staged row.
-# Last, whether the diff is plain (`PersonDiff.plain`): no key both set (or set once) and unset, and
-# entries that are JSON with no escape sequence and no NUL (what the reader would otherwise look into).
+# Last, whether the diff is plain (`PersonDiff.plain`): no key both set (or set once) and unset, every
+# value a JSON text of its own (then the entries decode: a value like `1],[2` would shift them), arrays
+# of matching lengths, and no escape sequence and no NUL (what the reader would otherwise look into).
 _DIFF_COLUMNS = (
     "batch_index, person_id, baseline_version, "
     f"concat('[', {_keys_values('set')}, ',', {_keys_values('set_once')}, ',', "
@@ -112,7 +113,11 @@ _DIFF_COLUMNS = (
     f"{_PENDING}, {_value_map('set')}, {_value_map('set_once')}, {_STAGE_LINE}, "
     "NOT hasAny(set_keys, unset_keys) AND NOT hasAny(set_once_keys, unset_keys) "
     "AND position(recon_entries, '\\\\u') = 0 AND position(recon_entries, char(0)) = 0 "
-    "AND isValidJSON(recon_entries)"
+    "AND arrayAll(v -> isValidJSON(v), set_values) AND arrayAll(v -> isValidJSON(v), set_once_values) "
+    "AND length(set_keys) = length(set_values) AND length(set_keys) = length(set_timestamps) "
+    "AND length(set_once_keys) = length(set_once_values) "
+    "AND length(set_once_keys) = length(set_once_timestamps) "
+    "AND length(unset_keys) = length(unset_timestamps)"
 )
 
 

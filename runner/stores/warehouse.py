@@ -36,7 +36,11 @@ def _client_for(url: str) -> Client:
 
             Path(path).mkdir(parents=True, exist_ok=True)
     try:
-        return clickhouse_connect.get_client(dsn=url)
+        if url.startswith("chdb://"):
+            return clickhouse_connect.get_client(dsn=url)
+        # No session: the reader and the writer threads' prefetches query at once through this client,
+        # and a server refuses concurrent queries in one session (nothing here needs session state).
+        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
     except Exception as exc:  # unreachable server, bad credentials: the command cannot start (exit 2)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise settings.ConfigError(

@@ -166,3 +166,36 @@ def test_a_batch_decided_beside_the_one_that_failed_is_rolled_back(
     again = run_apply("--job-id", "job-beside", "--output", "json")
     assert again.exit_code == 0, again.stdout + again.stderr
     assert {v for _, v in pg_rows("SELECT uuid, version FROM posthog_person")} == {3}
+
+
+def test_the_next_team_beside_a_lost_last_batch_is_applied_in_full(
+    env, run_apply, pg_rows, pg_url, tmp_path, monkeypatch
+):
+    """Team 1's last batch pauses before its commit while team 2's first batch is decided and written
+    beside it; the backends are terminated. Team 1 fails with its first batch counted; team 2's first
+    batch, which lost its connection in the same outage, runs once more on a new connection, and its
+    later batches go on, on new connections too."""
+    team1 = [new_uuid(500 + i) for i in range(4)]
+    team2 = [new_uuid(600 + i) for i in range(6)]
+    seed_teams(env, {1: team1, 2: team2})
+    run = run_with_backends_terminated(
+        run_apply,
+        pg_url,
+        tmp_path,
+        monkeypatch,
+        "before_commit:2:pause",  # team 1's second (last) batch
+        2,
+        "--job-id",
+        "job-next",
+        "--batch-size",
+        "2",
+    )
+
+    assert run.exit_code == 1, run.stdout + run.stderr
+    teams = {t["team_id"]: t for t in run.summary()["teams"]}
+    assert teams[1]["status"] == "failed" and (teams[1]["updated"], teams[1]["commits"]) == (2, 1)
+    assert teams[2]["status"] == "succeeded", teams[2]
+    assert (teams[2]["updated"], teams[2]["commits"]) == (6, 3)
+    versions = dict(pg_rows("SELECT uuid, version FROM posthog_person"))
+    assert [versions[u] for u in team1] == [3, 3, 2, 2] and {versions[u] for u in team2} == {3}
+    assert pg_rows("SELECT count(*) FROM posthog_person_reconciliation_backup WHERE team_id = 2") == [(6,)]

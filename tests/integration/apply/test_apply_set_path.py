@@ -14,7 +14,16 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from apply_support import SCHEMA, TS, Diff, insert_ch_persons, insert_diffs, insert_summary, new_uuid
+from apply_support import (
+    SCHEMA,
+    TS,
+    Diff,
+    insert_ch_persons,
+    insert_diffs,
+    insert_pg_person,
+    insert_summary,
+    new_uuid,
+)
 from kafka_util import read_topic
 
 from runner.rules.merge import conflict_filter, unstorable
@@ -258,3 +267,24 @@ def test_plain_diffs_are_those_the_reader_need_not_look_into(env):
             assert unstorable(eager) is None and d.invalid is None, d.person_uuid
         if (d.set.keys() | d.set_once.keys()) & d.unset.keys():
             assert not d.plain, d.person_uuid  # the conflict filter has work to do
+
+
+def test_a_value_that_would_shift_the_entries_fails_its_person_only(env, run_apply):
+    """A raw value text that is not one JSON value of its own (`1],[2`) still makes the concatenated
+    entries valid JSON, so ClickHouse must not call its diff plain: the reader decodes it at once and
+    the person fails alone (invalid_value); the others are applied."""
+    good, bad = new_uuid(801), new_uuid(802)
+    insert_ch_persons(env["ch"], [(1, u, {"plan": "free"}, 2) for u in (good, bad)])
+    for u in (good, bad):
+        insert_pg_person(env["pg"], 1, u, {"plan": "free"}, 2)
+    insert_diffs(
+        env["ch"],
+        [Diff(1, good, 2, set={"plan": ('"paid"', TS)}), Diff(1, bad, 2, set={"plan": ("1],[2", TS)})],
+    )
+    insert_summary(env["ch"], {1: 2})
+    read = {d.person_uuid: d for d in diffs.iter_team_diffs(env["ch"], SCHEMA, 1, 100)}
+    assert read[good].plain and not read[bad].plain and read[bad].invalid is not None
+
+    run = run_apply("--job-id", "job-shift", "--output", "json")
+    lines = {r["person_uuid"]: r for r in map(json.loads, run.stdout.splitlines()) if "person_uuid" in r}
+    assert lines[str(good)]["outcome"] == "success" and lines[str(bad)]["outcome"] == "invalid_value"
