@@ -183,7 +183,12 @@ def _rows(env_pg_rows: Any, team: int, uuids: list[UUID]) -> dict[str, list[Any]
     }
 
 
-def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg_rows, kafka_bootstrap):
+# 100: the team is one partial batch, decided on the engine's thread; 3: every batch is a whole chunk,
+# decided and written on writer threads two at a time (runner.engine.flights).
+@pytest.mark.parametrize("batch", [100, 3], ids=["one-batch", "batches-in-flight"])
+def test_set_based_write_gives_what_the_per_person_path_gives(
+    env, run_apply, pg_rows, kafka_bootstrap, batch
+):
     per_person = _seed(env, 1, 0)
     set_based = _seed(env, 2, 100)
     insert_summary(env["ch"], {1: len(per_person), 2: len(set_based)})
@@ -191,7 +196,16 @@ def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg
     runs = {}
     for team, path in ((1, "per-person"), (2, "set")):
         run = run_apply(
-            "--job-id", f"job-{path}", "--team-id", str(team), "--write-path", path, "--output", "json"
+            "--job-id",
+            f"job-{path}",
+            "--team-id",
+            str(team),
+            "--write-path",
+            path,
+            "--batch-size",
+            str(batch),
+            "--output",
+            "json",
         )
         assert run.exit_code == 0, run.stdout + run.stderr
         runs[team] = run
@@ -220,6 +234,7 @@ def test_set_based_write_gives_what_the_per_person_path_gives(env, run_apply, pg
     assert s1["stages"]["set_write"]["seconds"] == 0 < s2["stages"]["set_write"]["seconds"]
     for key in ("processed", "updated", "skipped"):
         assert s1[key] == s2[key]
+    assert s1["teams"][0]["commits"] == s2["teams"][0]["commits"] == (1 if batch == 100 else 4)
     assert s1["teams"][0]["outcomes"] == s2["teams"][0]["outcomes"]
 
     # Kafka got the same messages (the set-based write builds them in the same statement).
