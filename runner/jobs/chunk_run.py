@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -219,6 +220,14 @@ def dbt_in_process(extra: list[str] | None = None) -> DbtInvoker:
     return invoke
 
 
+def chunk_target_path(chunk: Chunk) -> Path:
+    """Where a chunk's dbt build keeps its artifacts: a directory per chunk, so each chunk's parsed
+    project (partial parsing) stays warm from one schedule run to the next. In one directory, chunks
+    with different team filters would make dbt parse the whole project again for every chunk (it
+    hashes `--vars` into its partial-parsing state)."""
+    return settings.project_dir() / "target" / "schedule" / chunk.key()
+
+
 def build_chunk(
     config: ScheduleConfig, chunk: Chunk, targets: Targets, dbt: DbtInvoker | None = None
 ) -> Built:
@@ -229,7 +238,7 @@ def build_chunk(
     dbt_vars = chunk.dbt_vars(config, source)
     log.info("Chunk %s: dbt run with vars %s", chunk.key(), dbt_vars)
     try:
-        invocation_id = (dbt or dbt_in_process())(dbt_vars)
+        invocation_id = (dbt or dbt_in_process(["--target-path", str(chunk_target_path(chunk))]))(dbt_vars)
         summaries = diffs.read_team_summaries(targets.clickhouse(), targets.target_schema)
     except Exception as exc:  # noqa: BLE001 - a failed build fails the chunk, not the schedule
         log.exception("Chunk %s: build failed", chunk.key())

@@ -5,6 +5,7 @@ a dry run writes nothing; one process per schedule; `--plan`."""
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from targets_util import use_targets
 
 from runner.jobs import chunk_run
 from runner.jobs.dbt import DbtFailed
+from runner.rules.scheduling import Chunk
 
 pytestmark = pytest.mark.integration
 
@@ -197,9 +199,13 @@ def test_a_failed_build_is_recorded_others_go_on_and_the_next_run_retries_it(
     pg = clean_pg
     path = write_config(tmp_path, "c.json", team_ids=[1, 3], chunk_size=1, exclude_team_ids=[4])
     seen = failing_build_for(3, monkeypatch)
+    started = time.time()
     run = runner("schedule", "--config", str(path), "--output", "json")
     assert run.exit_code == 1, run.stderr
     assert [v["team_ids"] for v in seen] == [[1], [3]]
+    # Each chunk builds in a target directory of its own (its partial parsing stays warm).
+    first = chunk_run.chunk_target_path(Chunk("0-0", team_ids=(1,)))
+    assert first.name == "teams-0-0" and (first / "manifest.json").stat().st_mtime >= started - 1
     assert all(v["exclude_team_ids"] == [4] and v["window_seconds"] == 0 for v in seen)
     chunks = {c["chunk"]: c for c in run.of_type("chunk")}
     assert chunks["teams-0-0"]["status"] == "succeeded" and chunks["teams-0-0"]["persons_updated"] > 0
