@@ -28,7 +28,7 @@ import psycopg
 
 from runner.engine import flights, pacing, retries, writing
 from runner.engine.deciding import ChunkWriteFailed, decide_chunk
-from runner.engine.flights import Flight, WriteFailed, lost, rollback
+from runner.engine.flights import Flight, lost, rollback
 from runner.engine.job import EngineSink, ItemT, Job, PrefetchT, TeamT
 from runner.engine.publishing import Publishing
 from runner.engine.stages import StageClock
@@ -77,7 +77,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         """Reopen connections a failed team left lost (bounded backoff; raises when Postgres stays
         away, which ends the run)."""
         for i, conn in enumerate(self.conns):
-            if (conn.closed or conn.broken) and not self._flying(conn):
+            if lost(conn) and not self._flying(conn):
                 conn.close()
                 self.log.warning("Reconnecting to Postgres (a connection was lost)")
                 self.conns[i] = self.job.connect()
@@ -109,7 +109,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
         self.log.exception("Team %d failed: %s", state.team.team_id, exc)
         for conn in conns:
             rollback(conn)
-            if conn.broken or conn.closed:
+            if lost(conn):
                 conn.close()  # reopened when the next team starts (ensure_conns)
         if any(conn.closed for conn in conns):
             # What ended this connection (a restart, a failover, terminated backends) may have ended the
@@ -135,7 +135,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
             self.throttle.count(len(chunk))
             if flights.decides(job, len(chunk), state.in_batch):
                 deciding = flights.submit(self._writer, job, self.clock, conn, state, chunk)
-                self._flights.append(Flight(state, conn, deciding, [], [], decides=True, chunk=chunk))
+                self._flights.append(Flight(state, conn, deciding, [], [], chunk=chunk))
                 self._turn ^= 1
                 if len(self._flights) > 1:
                     self._land(state)  # the batch before lands first (or fails the team)
@@ -205,7 +205,7 @@ class BatchPipeline(Generic[ItemT, TeamT, PrefetchT]):
                 committed, written = outcome
         except Exception as exc:  # noqa: BLE001 - the flight's team fails (below or in the caller)
             error: Exception = exc
-            if isinstance(exc, ChunkWriteFailed | WriteFailed):
+            if isinstance(exc, ChunkWriteFailed):
                 flight.results, error = exc.results, exc.error
             redo = not (quiet or flight.doomed or flights.commit_uncertain(exc))
             if redo and flight.collateral and lost(flight.conn):

@@ -49,7 +49,8 @@ class Decided(Generic[ItemT]):
 
 
 class ChunkWriteFailed(Exception):
-    """The set-based write of a chunk failed (not for a value: the team fails). Its persons reached the
+    """The write of a decided chunk failed (not for a value: the team fails): its set-based write, or a
+    deciding flight's per-person write or commit (`runner.engine.flights`). Its persons reached the
     write, so they count as `team_failed` (`results`), as they would had the write been per-person."""
 
     def __init__(self, error: Exception, results: list[PersonOutcome[Any]]):

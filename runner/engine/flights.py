@@ -12,7 +12,7 @@ from typing import Any, Generic
 import psycopg
 
 from runner.engine import writing
-from runner.engine.deciding import Decided, decide_chunk
+from runner.engine.deciding import ChunkWriteFailed, Decided, decide_chunk
 from runner.engine.job import ItemT, Job, PrefetchT, TeamT
 from runner.engine.stages import StageClock
 from runner.engine.team_state import TeamState
@@ -23,33 +23,26 @@ from runner.stores.persons import ChunkWritten, OutboxBatch
 
 @dataclass
 class Flight(Generic[ItemT, TeamT]):
-    """A batch whose last chunk a writer thread is writing and committing (`decides`: deciding, writing,
-    and committing once it lands)."""
+    """A batch whose last chunk a writer thread is writing and committing; a deciding flight (`chunk`
+    set) is deciding and writing that chunk, and is committed once it lands."""
 
     state: TeamState[ItemT, TeamT]
     conn: psycopg.Connection
-    future: Future[Any]  # (committed, written); when `decides`: (Decided, written)
+    future: Future[Any]  # (committed, written); a deciding flight's: (Decided, written)
     outbox: list[OutboxBatch]  # of the batch's earlier chunks
     results: list[PersonOutcome[ItemT]]  # of the chunk being written, staged when it landed
-    decides: bool = False
-    doomed: bool = False  # a batch before it failed the team: rolled back when it lands
     chunk: list[ItemT] | None = None  # a deciding flight's chunk
+    doomed: bool = False  # a batch before it failed the team: rolled back when it lands
     # It ran beside an earlier team's flight that lost its connection: if its own connection was lost
     # too (the same outage), nothing of it committed and it runs once more on a new connection.
     collateral: bool = False
 
-
-class WriteFailed(Exception):
-    """A deciding flight's per-person write failed after its chunk was decided: its persons reached the
-    write and count as `team_failed`."""
-
-    def __init__(self, error: Exception, results: list[PersonOutcome[Any]]):
-        super().__init__(str(error))
-        self.error = error
-        self.results = results
+    @property
+    def decides(self) -> bool:
+        return self.chunk is not None
 
 
-class CommitFailed(WriteFailed):
+class CommitFailed(ChunkWriteFailed):
     """A deciding flight's commit failed (see `commit_uncertain`)."""
 
 
@@ -91,7 +84,7 @@ def decide_and_write(
         try:
             _, written = write(job, clock, conn, team_id, decided.writes, False, False, keep)
         except Exception as exc:
-            raise WriteFailed(exc, decided.results) from exc
+            raise ChunkWriteFailed(exc, decided.results) from exc
     return decided, written
 
 

@@ -56,8 +56,9 @@ class PersonDiff:
     # the same entries (`runner.stores.diffs`); None when built otherwise or changed since (the
     # conflict filter): then it is built from the decoded entries (`runner.stores.apply_sets`).
     stage_line: str | None = None
-    # ClickHouse found no key both set (or set once) and unset, and no text Postgres might refuse: the
-    # conflict filter has nothing to do (the reader then decodes the entries only when asked: `Entries`).
+    # ClickHouse found no key both set (or set once) and unset, entries that decode, and no text Postgres
+    # might refuse (`runner.stores.diffs`): the conflict filter has nothing to do, and the reader
+    # decodes the entries only when asked (`Entries`).
     plain: bool = False
 
     def value_maps(self) -> tuple[str, str]:

@@ -6,7 +6,7 @@ person lists travel as array parameters, never as SQL text: no `max_query_size` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -191,46 +191,37 @@ def _diff_from_row(team_id: int, row: Sequence[Any]) -> PersonDiff:
     so that the person fails alone. A plain diff's entries are decoded only when asked (`Entries`)."""
     batch_index, person_id, baseline, entries, operations, set_json, set_once_json, stage_line, plain = row
     person = person_id if isinstance(person_id, UUID) else UUID(str(person_id))
+    maps: tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]
     if plain:
         lazy = Entries(entries)
-        return PersonDiff(
-            team_id,
-            person,
-            int(baseline),
-            LazyMap(lazy, 0),
-            LazyMap(lazy, 1),
-            LazyMap(lazy, 2),
-            int(batch_index),
-            operations,
-            set_json,
-            set_once_json,
-            stage_line=stage_line,
-            plain=True,
-        )
-    try:
-        set_map, set_once_map, unset_map = decode_entries(entries)
-    except ValueError:
-        return PersonDiff(
-            team_id,
-            person,
-            int(baseline),
-            batch_index=int(batch_index),
-            invalid="a diff value is not valid JSON",
-        )
+        maps = (LazyMap(lazy, 0), LazyMap(lazy, 1), LazyMap(lazy, 2))
+    else:
+        try:
+            maps = decode_entries(entries)
+        except ValueError:
+            return PersonDiff(
+                team_id,
+                person,
+                int(baseline),
+                batch_index=int(batch_index),
+                invalid="a diff value is not valid JSON",
+            )
     diff = PersonDiff(
         team_id,
         person,
         int(baseline),
-        set_map,
-        set_once_map,
-        unset_map,
+        maps[0],
+        maps[1],
+        maps[2],
         int(batch_index),
         operations,
         set_json,
         set_once_json,
         stage_line=stage_line,
+        plain=bool(plain),
     )
-    if "\\u" in entries or "\x00" in entries:  # only then can a value or key be one Postgres refuses
+    # Only a text with an escape sequence or a NUL can hold a value or key Postgres refuses.
+    if not plain and ("\\u" in entries or "\x00" in entries):
         reason = unstorable(diff)
         if reason is not None:
             return replace(diff, invalid=reason)  # entries kept: the person's line shows them

@@ -36,7 +36,7 @@ def _client_for(url: str) -> Client:
 
             Path(path).mkdir(parents=True, exist_ok=True)
     try:
-        if url.startswith("chdb://"):
+        if is_embedded(url):
             return clickhouse_connect.get_client(dsn=url)
         # No session: the reader and the writer threads' prefetches query at once through this client,
         # and a server refuses concurrent queries in one session (nothing here needs session state).
