@@ -70,7 +70,8 @@ def parse_args() -> argparse.Namespace:
         "--original-repeats",
         type=int,
         default=1,
-        help="repeats that also time the original job's approach (slow in windowed mode)",
+        help="repeats that also time the original job's approach (slow in windowed mode; at least 1: "
+        "every ratio to the original needs it)",
     )
     parser.add_argument(
         "--plot",
@@ -88,7 +89,10 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="also print the N longest queries of every build, as the engine's query log has them",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.original_repeats < 1:
+        parser.error("--original-repeats must be at least 1 (the ratios to the original need one run of it)")
+    return args
 
 
 QUERY_LOG_CONFIG = """<clickhouse>
